@@ -1,0 +1,469 @@
+"""Typed configuration: one dataclass per section, YAML loading with `base:` composition and dotted overrides.
+
+`load_config(path, overrides)` is the only entry point. It checks every key against the dataclasses (an unknown key
+is an error naming it and the closest valid key), lets OmegaConf convert and type-check values, and then runs the
+`__post_init__` checks of each section (impossible values are errors naming the key).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import MISSING, OmegaConf  # noqa: F401  (MISSING re-exported for recipes written in Python)
+from omegaconf.errors import OmegaConfBaseException
+
+DATA_FORMATS = ("davis", "coco_video", "sav")
+PROMPT_TYPES = ("mask", "box", "point", "mixed")
+OPTIMIZERS = ("AdamW", "Adam")
+SCHEDULERS = ("CosineAnnealingLR", "StepLR")
+PRECISIONS = ("auto", "32", "32-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64", "64-true")
+LOGGERS = ("tensorboard", "csv", "wandb", "swanlab")
+LOSS_TYPES = ("sam2train",)
+TRAINABLE_GROUPS = (
+    "image_encoder",
+    "memory_attention",
+    "memory_encoder",
+    "sam_prompt_encoder",
+    "sam_mask_decoder",
+    "obj_ptr_proj",
+    "obj_ptr_tpos_proj",
+    "free_parameters",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key (and the file when there is one)."""
+
+
+def _check(cond: bool, key: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+def _check_choice(value: Any, key: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"config key '{key}': '{value}' is not one of {list(choices)}.{hint}")
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentations, identical for every frame of a clip (torchvision.transforms.v2)."""
+
+    hflip_prob: float = 0.5
+    """Probability of a horizontal flip of the whole clip."""
+    degrees: float = 10.0
+    """Maximum rotation of the random affine transform, in degrees."""
+    translate: float = 0.05
+    """Maximum translation as a fraction of the frame size."""
+    shear: float = 5.0
+    """Maximum shear, in degrees."""
+    scale_min: float = 0.8
+    """Smallest scale of the random resized crop (fraction of the frame area kept)."""
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 0.02
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.hflip_prob <= 1.0, "data.aug.hflip_prob", "must be in [0, 1]")
+        _check(0.0 < self.scale_min <= 1.0, "data.aug.scale_min", "must be in (0, 1]")
+        for name in ("degrees", "translate", "shear", "brightness", "contrast", "saturation", "hue"):
+            _check(getattr(self, name) >= 0, f"data.aug.{name}", "must be >= 0")
+        _check(self.translate <= 1.0, "data.aug.translate", "must be <= 1")
+        _check(self.hue <= 0.5, "data.aug.hue", "must be <= 0.5")
+
+
+@dataclass
+class DataConfig:
+    """Where the videos are and how clips are cut from them."""
+
+    train_path: str | None = None
+    """A dataset folder (DAVIS/MOSE layout, or per-object mask folders) or a JSON file (COCO-video, SA-V)."""
+    val_path: str | None = None
+    """Same as train_path, for validation. Null disables validation."""
+    format: str | None = None
+    """davis | coco_video | sav; detected from the path when null."""
+    images_root: str | None = None
+    """Folder that `file_name` in JSON formats is relative to (default: the JSON file's folder)."""
+    train_videos: list[str] | None = None
+    """Use only these videos of train_path (a fixed split); null means all."""
+    val_videos: list[str] | None = None
+    """Use only these videos of val_path; null means all."""
+    clip_length: int = 8
+    """Frames per training clip (annotated frames, consecutive in the annotation order)."""
+    val_clip_length: int | None = None
+    """Frames per validation window; null validates each video whole."""
+    stride: int = 4
+    """Spacing of training window starts in the epoch's index (each window is jittered within its stride)."""
+    batch_size: int = 1
+    num_workers: int = 2
+    max_objects: int = 3
+    """At most this many objects per clip (random subset in training, lowest ids in validation)."""
+    augment: bool = True
+    """Training augmentations on/off (validation never augments)."""
+    aug: AugmentConfig = field(default_factory=AugmentConfig)
+    pin_memory: bool = True
+
+    def __post_init__(self) -> None:
+        if self.format is not None:
+            _check_choice(self.format, "data.format", DATA_FORMATS)
+        _check(self.clip_length >= 1, "data.clip_length", f"must be >= 1, got {self.clip_length}")
+        _check(
+            self.val_clip_length is None or self.val_clip_length >= 1,
+            "data.val_clip_length",
+            "must be >= 1 or null",
+        )
+        _check(self.stride >= 1, "data.stride", f"must be >= 1, got {self.stride}")
+        _check(self.batch_size >= 1, "data.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
+        _check(self.max_objects >= 1, "data.max_objects", f"must be >= 1, got {self.max_objects}")
+
+
+@dataclass
+class ModelConfig:
+    """Which SAM 2 to build, from which weights, at which resolution, and what trains."""
+
+    config: str = "sam2.1_hiera_t"
+    """An official config name (sam2.1_hiera_t/s/b+/l, sam2_hiera_*) or a path to a SAM 2 model YAML."""
+    checkpoint: str | None = None
+    """An official checkpoint (`{"model": state_dict}`); null initialises randomly (with a warning)."""
+    image_size: int = 1024
+    """Square input resolution for data and model; a multiple of 32 (the backbone's total stride)."""
+    trainable_modules: list[str] = field(default_factory=lambda: ["memory_attention", "memory_encoder"])
+    """Parameter groups that train; everything else is frozen (requires_grad=False)."""
+    bptt: bool = True
+    """Backpropagate through time: memory is not detached, so memory modules get gradients from later frames."""
+    mask_prompt_passthrough: bool = True
+    """A mask-prompted frame outputs the prompt itself (as Meta's trainer) instead of the decoder's prediction."""
+
+    def __post_init__(self) -> None:
+        _check(
+            self.image_size >= 64 and self.image_size % 32 == 0,
+            "model.image_size",
+            f"must be a multiple of 32 (the backbone stride) and >= 64, got {self.image_size}",
+        )
+        _check(len(self.trainable_modules) > 0, "model.trainable_modules", "names no group: nothing would train")
+        for i, name in enumerate(self.trainable_modules):
+            _check_choice(name, f"model.trainable_modules[{i}]", TRAINABLE_GROUPS)
+
+
+@dataclass
+class PromptsConfig:
+    """First-frame prompts per object."""
+
+    type: str = "mixed"
+    """mask | box | point | mixed."""
+    mask_prob: float = 0.5
+    """With type mixed: probability of a mask prompt."""
+    box_prob: float = 0.25
+    """With type mixed: probability of a box prompt."""
+    point_prob: float = 0.25
+    """With type mixed: probability of point prompts."""
+    box_noise: float = 0.1
+    """Box jitter as a fraction of the box side (training only)."""
+    num_pos_points: int = 1
+    """Positive clicks; the first is the interior point farthest from the boundary, the rest random inside."""
+    num_neg_points: int = 0
+    """Negative clicks, random outside the object."""
+
+    def __post_init__(self) -> None:
+        _check_choice(self.type, "prompts.type", PROMPT_TYPES)
+        for name in ("mask_prob", "box_prob", "point_prob", "box_noise"):
+            _check(getattr(self, name) >= 0, f"prompts.{name}", "must be >= 0")
+        if self.type == "mixed":
+            total = self.mask_prob + self.box_prob + self.point_prob
+            _check(abs(total - 1.0) < 1e-6, "prompts.mask_prob", f"mask/box/point probabilities sum to {total}, not 1")
+        _check(self.num_pos_points >= 1, "prompts.num_pos_points", "must be >= 1")
+        _check(self.num_neg_points >= 0, "prompts.num_neg_points", "must be >= 0")
+
+
+@dataclass
+class LossConfig:
+    """SAM2TrainingLoss weights."""
+
+    type: str = "sam2train"
+    bce_weight: float = 1.0
+    dice_weight: float = 1.0
+    iou_weight: float = 0.5
+    temporal_weight: float = 0.1
+    smooth: float = 1e-6
+
+    def __post_init__(self) -> None:
+        _check_choice(self.type, "loss.type", LOSS_TYPES)
+        for name in ("bce_weight", "dice_weight", "iou_weight", "temporal_weight"):
+            _check(getattr(self, name) >= 0, f"loss.{name}", "must be >= 0")
+        _check(self.smooth > 0, "loss.smooth", "must be > 0")
+
+
+@dataclass
+class OptimizerConfig:
+    type: str = "AdamW"
+    """AdamW | Adam."""
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+    def __post_init__(self) -> None:
+        _check_choice(self.type, "optimizer.type", OPTIMIZERS)
+        _check(self.lr > 0, "optimizer.lr", f"must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, "optimizer.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "optimizer.betas",
+            f"must be two values in [0, 1), got {list(self.betas)}",
+        )
+
+
+@dataclass
+class SchedulerConfig:
+    enabled: bool = True
+    type: str = "CosineAnnealingLR"
+    """CosineAnnealingLR | StepLR."""
+    T_max: int = 10
+    """CosineAnnealingLR period, in scheduler intervals."""
+    eta_min: float = 1e-6
+    step_size: int = 10
+    """StepLR period, in scheduler intervals."""
+    gamma: float = 0.1
+    warmup_steps: int = 0
+    """Linear warmup over this many optimizer steps before the schedule (0: none)."""
+    interval: str = "epoch"
+    """Step the schedule every `epoch` or every `step`."""
+
+    def __post_init__(self) -> None:
+        _check_choice(self.type, "scheduler.type", SCHEDULERS)
+        _check_choice(self.interval, "scheduler.interval", ("epoch", "step"))
+        _check(self.T_max >= 1, "scheduler.T_max", "must be >= 1")
+        _check(self.eta_min >= 0, "scheduler.eta_min", "must be >= 0")
+        _check(self.step_size >= 1, "scheduler.step_size", "must be >= 1")
+        _check(0 < self.gamma <= 1, "scheduler.gamma", "must be in (0, 1]")
+        _check(self.warmup_steps >= 0, "scheduler.warmup_steps", "must be >= 0")
+
+
+@dataclass
+class TrainerConfig:
+    """Passed to lightning.Trainer."""
+
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    """`auto`, a count, or a list of device indices."""
+    precision: str = "auto"
+    """32 | 16-mixed | bf16-mixed | auto (bf16-mixed or 16-mixed on CUDA, 32 on CPU)."""
+    max_epochs: int = 50
+    max_steps: int = -1
+    gradient_clip_val: float | None = 1.0
+    accumulate_grad_batches: int = 1
+    log_every_n_steps: int = 50
+    val_check_interval: Any = 1.0
+    """A fraction of an epoch (float) or a number of training batches (int)."""
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    num_sanity_val_steps: int = 0
+    strategy: str = "auto"
+    """auto | ddp | ddp_find_unused_parameters_true | fsdp | ... (Lightning's names)."""
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        self.precision = str(self.precision)
+        _check_choice(self.precision, "trainer.precision", PRECISIONS)
+        _check(self.max_epochs >= 1 or self.max_epochs == -1, "trainer.max_epochs", "must be >= 1 or -1")
+        _check(self.max_steps >= 1 or self.max_steps == -1, "trainer.max_steps", "must be >= 1 or -1")
+        _check(
+            self.gradient_clip_val is None or self.gradient_clip_val > 0,
+            "trainer.gradient_clip_val",
+            "must be > 0 or null",
+        )
+        _check(self.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", "must be >= 1")
+        _check(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", "must be >= 1")
+        for key in ("val_check_interval", "limit_train_batches", "limit_val_batches"):
+            value = getattr(self, key)
+            _check(
+                value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0),
+                f"trainer.{key}",
+                f"must be a number >= 0 (a fraction as float, a count as int), got {value!r}",
+            )
+        devices = self.devices
+        ok = devices == "auto" or (isinstance(devices, int) and devices >= 1 or devices == -1)
+        ok = ok or (isinstance(devices, list) and all(isinstance(d, int) for d in devices))
+        _check(ok, "trainer.devices", f"must be 'auto', a count or a list of indices, got {devices!r}")
+
+
+@dataclass
+class LoggingConfig:
+    root_dir: str = "runs"
+    """Every run gets a folder <root_dir>/<name>/<version>: logs, checkpoints, config, pictures."""
+    name: str = "sam2train"
+    version: str | None = None
+    """Run folder name; null picks version_<n>."""
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard", "csv"])
+    """tensorboard, csv, wandb, swanlab."""
+    project: str = "sam2train"
+    """Project name for wandb/swanlab."""
+    offline: bool = False
+    """wandb/swanlab in offline mode."""
+    progress_bar: str = "rich"
+    """rich | tqdm | none."""
+
+    def __post_init__(self) -> None:
+        for i, name in enumerate(self.loggers):
+            _check_choice(name, f"logging.loggers[{i}]", LOGGERS)
+        _check_choice(self.progress_bar, "logging.progress_bar", ("rich", "tqdm", "none"))
+
+
+@dataclass
+class CheckpointConfig:
+    monitor: str = "val/total"
+    mode: str = "min"
+    save_top_k: int = 1
+    save_last: bool = True
+    every_n_train_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice(self.mode, "checkpoint.mode", ("min", "max"))
+        _check(self.save_top_k >= -1, "checkpoint.save_top_k", "must be >= -1")
+
+
+@dataclass
+class EarlyStoppingConfig:
+    enabled: bool = False
+    monitor: str = "val/total"
+    mode: str = "min"
+    patience: int = 10
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_choice(self.mode, "early_stopping.mode", ("min", "max"))
+        _check(self.patience >= 1, "early_stopping.patience", "must be >= 1")
+        _check(self.min_delta >= 0, "early_stopping.min_delta", "must be >= 0")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    seed: int = 42
+
+
+def _valid_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    for f in fields(cls):
+        key = f"{prefix}{f.name}"
+        keys.append(key)
+        ftype = f.default_factory() if callable(f.default_factory) else None  # type: ignore[misc]
+        if is_dataclass(ftype):
+            keys.extend(_valid_keys(type(ftype), key + "."))
+    return keys
+
+
+VALID_KEYS: tuple[str, ...] = tuple(_valid_keys(Config))
+
+
+def _check_keys(tree: dict, source: str, prefix: str = "") -> None:
+    """Raise on the first key that is not a Config field, naming it and the closest valid key."""
+    for key, value in tree.items():
+        full = f"{prefix}{key}"
+        if full not in VALID_KEYS:
+            close = difflib.get_close_matches(full, VALID_KEYS, n=1, cutoff=0.5)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{source}: unknown config key '{full}'.{hint}")
+        if isinstance(value, dict) and any(k.startswith(full + ".") for k in VALID_KEYS):
+            _check_keys(value, source, full + ".")
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[dict, str]]:
+    """The YAML at `path` preceded by its `base:` chain (a path or list of paths relative to the file)."""
+    path = path.resolve()
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path in seen:
+        raise ConfigError(f"{path}: 'base' chain loops back to itself")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    bases = tree.pop("base", None) or []
+    out: list[tuple[dict, str]] = []
+    for base in [bases] if isinstance(bases, str) else bases:
+        out.extend(_read_yaml(path.parent / base, seen + (path,)))
+    out.append((tree, str(path)))
+    return out
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    value = yaml.safe_load(raw) if raw.strip() else None
+    return key, value
+
+
+def _nest(key: str, value: Any) -> dict:
+    out: dict = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def _merge(base: Any, layer: dict, source: str) -> Any:
+    try:
+        return OmegaConf.merge(base, layer)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        msg = str(exc).split("\n")[0]
+        raise ConfigError(f"{source}: config key '{key}': {msg}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a validated Config from dataclass defaults, the YAML chain at `path` and `key=value` overrides.
+
+    Raises ConfigError naming the file and the key for unknown keys, wrong types and impossible values.
+    """
+    cfg = OmegaConf.structured(Config)
+    layers = _read_yaml(Path(path)) if path is not None else []
+    for item in overrides:
+        key, value = _parse_override(item)
+        layers.append((_nest(key, value), f"override '{item}'"))
+    for tree, source in layers:
+        _check_keys(tree, source)
+        cfg = _merge(cfg, tree, source)
+    try:
+        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        raise ConfigError(f"config key '{key}': {str(exc).splitlines()[0]}") from None
+
+
+def config_from_dict(tree: dict) -> Config:
+    """A Config from a plain nested dict (e.g. the one stored in a checkpoint), validated like a YAML file."""
+    _check_keys(tree, "checkpoint config")
+    cfg = _merge(OmegaConf.structured(Config), tree, "checkpoint config")
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def to_dict(cfg: Config) -> dict:
+    """The resolved config as a plain dict (for checkpoints, hparams and YAML)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

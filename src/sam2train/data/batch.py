@@ -1,0 +1,153 @@
+"""Typed samples and batches, with the shapes written down, and the collate that pads objects.
+
+Shapes use B batch, T frames, N objects (padded to the batch's largest), P prompt points, H = W = image_size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+# Prompt kinds per object on the prompted (first) frame.
+PROMPT_NONE, PROMPT_MASK, PROMPT_BOX, PROMPT_POINT = -1, 0, 1, 2
+PROMPT_NAMES = {PROMPT_MASK: "mask", PROMPT_BOX: "box", PROMPT_POINT: "point"}
+
+
+@dataclass
+class Prompts:
+    """First-frame prompts of one clip (N objects) or, batched, of B clips (leading B axis).
+
+    kind:         [N] long, PROMPT_MASK | PROMPT_BOX | PROMPT_POINT (PROMPT_NONE for padding)
+    point_coords: [N, P, 2] float, (x, y) in pixels of the square model input (0..image_size)
+    point_labels: [N, P] long, 1 positive, 0 negative, -1 padding (unused slot)
+    boxes:        [N, 4] float, (x0, y0, x1, y1) in pixels of the model input
+    masks:        [N, H, W] float 0/1, the prompt mask at the model input size
+    """
+
+    kind: torch.Tensor
+    point_coords: torch.Tensor
+    point_labels: torch.Tensor
+    boxes: torch.Tensor
+    masks: torch.Tensor
+
+
+@dataclass
+class VideoSample:
+    """One clip with its objects, as the dataset returns it (before batching).
+
+    images:  [T, 3, H, W] float, ImageNet-normalised
+    masks:   [T, N, H, W] float 0/1 (an object absent in a frame has an empty mask and stays valid)
+    ignore:  [T, H, W] bool, void pixels (255 in DAVIS palettes) excluded from the loss
+    frame_indices: [T] long, the frames' indices in their video
+    object_ids:    [N] long, the objects' ids in the source annotation
+    orig_size:     (height, width) of the video's frames
+    num_video_frames: length of the whole video (SAM 2 scales pointer time encodings by it)
+    """
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    ignore: torch.Tensor
+    prompts: Prompts
+    video_name: str
+    frame_indices: torch.Tensor
+    object_ids: torch.Tensor
+    orig_size: tuple[int, int]
+    num_video_frames: int
+
+
+@dataclass
+class VideoBatch:
+    """A batch of clips, objects padded to the largest N of the batch.
+
+    images:  [B, T, 3, H, W] float, normalised
+    masks:   [B, T, N, H, W] float 0/1
+    valid:   [B, T, N] bool, False for padded objects
+    ignore:  [B, T, H, W] bool, void pixels
+    prompts: Prompts with a leading B axis (kind [B, N], point_coords [B, N, P, 2], ...)
+    video_names: B names; frame_indices [B, T]; object_ids [B, N] (-1 for padding);
+    orig_sizes [B, 2] (height, width); num_video_frames [B]
+    """
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    valid: torch.Tensor
+    ignore: torch.Tensor
+    prompts: Prompts
+    video_names: list[str]
+    frame_indices: torch.Tensor
+    object_ids: torch.Tensor
+    orig_sizes: torch.Tensor
+    num_video_frames: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(B, T, N)."""
+        b, t, n = self.masks.shape[:3]
+        return b, t, n
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> VideoBatch:
+        def move(x):
+            return x.to(device, non_blocking=non_blocking) if isinstance(x, torch.Tensor) else x
+
+        prompts = Prompts(**{f.name: move(getattr(self.prompts, f.name)) for f in fields(Prompts)})
+        moved = {f.name: move(getattr(self, f.name)) for f in fields(self) if f.name != "prompts"}
+        return VideoBatch(prompts=prompts, **moved)
+
+    def pin_memory(self) -> VideoBatch:
+        def pin(x):
+            return x.pin_memory() if isinstance(x, torch.Tensor) else x
+
+        prompts = Prompts(**{f.name: pin(getattr(self.prompts, f.name)) for f in fields(Prompts)})
+        return replace(self, prompts=prompts, **{
+            f.name: pin(getattr(self, f.name)) for f in fields(self) if f.name not in ("prompts", "video_names")
+        })
+
+
+def _pad(t: torch.Tensor, dim: int, size: int, value: float | int | bool) -> torch.Tensor:
+    if t.shape[dim] == size:
+        return t
+    shape = list(t.shape)
+    shape[dim] = size - t.shape[dim]
+    return torch.cat([t, t.new_full(shape, value)], dim=dim)
+
+
+def collate_videos(samples: list[VideoSample]) -> VideoBatch:
+    """Stack samples into a VideoBatch; objects are padded to the largest N (valid=False), points to the
+    largest P (label -1). All clips of a batch must have the same T and image size."""
+    lengths = {s.images.shape[0] for s in samples}
+    if len(lengths) != 1:
+        names = [s.video_name for s in samples]
+        raise ValueError(f"clips of one batch must have the same length, got {sorted(lengths)} for {names}")
+    n_max = max(s.masks.shape[1] for s in samples)
+    p_max = max(s.prompts.point_coords.shape[1] for s in samples)
+    masks, valid, kinds, coords, labels, boxes, pmasks, obj_ids = [], [], [], [], [], [], [], []
+    for s in samples:
+        t, n = s.masks.shape[:2]
+        masks.append(_pad(s.masks, 1, n_max, 0.0))
+        valid.append(_pad(torch.ones(t, n, dtype=torch.bool), 1, n_max, False))
+        p = s.prompts
+        kinds.append(_pad(p.kind, 0, n_max, PROMPT_NONE))
+        coords.append(_pad(_pad(p.point_coords, 1, p_max, 0.0), 0, n_max, 0.0))
+        labels.append(_pad(_pad(p.point_labels, 1, p_max, -1), 0, n_max, -1))
+        boxes.append(_pad(p.boxes, 0, n_max, 0.0))
+        pmasks.append(_pad(p.masks, 0, n_max, 0.0))
+        obj_ids.append(_pad(s.object_ids, 0, n_max, -1))
+    return VideoBatch(
+        images=torch.stack([s.images for s in samples]),
+        masks=torch.stack(masks),
+        valid=torch.stack(valid),
+        ignore=torch.stack([s.ignore for s in samples]),
+        prompts=Prompts(
+            kind=torch.stack(kinds),
+            point_coords=torch.stack(coords),
+            point_labels=torch.stack(labels),
+            boxes=torch.stack(boxes),
+            masks=torch.stack(pmasks),
+        ),
+        video_names=[s.video_name for s in samples],
+        frame_indices=torch.stack([s.frame_indices for s in samples]),
+        object_ids=torch.stack(obj_ids),
+        orig_sizes=torch.tensor([list(s.orig_size) for s in samples], dtype=torch.long),
+        num_video_frames=torch.tensor([s.num_video_frames for s in samples], dtype=torch.long),
+    )
