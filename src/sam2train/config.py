@@ -35,7 +35,12 @@ TRAINABLE_GROUPS = (
 )
 
 
-class ConfigError(ValueError):
+class UserError(ValueError):
+    """Bad input from the user (config, data, checkpoint, arguments). The CLI prints its message, which names the
+    culprit, as one line and exits with status 2; anything else is a bug and keeps its traceback."""
+
+
+class ConfigError(UserError):
     """A configuration problem; the message names the key (and the file when there is one)."""
 
 
@@ -44,11 +49,19 @@ def _check(cond: bool, key: str, message: str) -> None:
         raise ConfigError(f"config key '{key}': {message}")
 
 
+def _closest(value: str, options: tuple[str, ...] | list[str]) -> str:
+    """' Did you mean X?' for the closest option (by similarity, else by containment), or ''."""
+    close = difflib.get_close_matches(value, options, n=1, cutoff=0.5)
+    if not close:
+        close = [o for o in options if value.lower() in o.lower() or o.lower() in value.lower()][:1]
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
 def _check_choice(value: Any, key: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"config key '{key}': '{value}' is not one of {list(choices)}.{hint}")
+        raise ConfigError(
+            f"config key '{key}': '{value}' is not one of {list(choices)}.{_closest(str(value), choices)}"
+        )
 
 
 @dataclass
@@ -148,7 +161,9 @@ class ModelConfig:
             "model.image_size",
             f"must be a multiple of 32 (the backbone stride) and >= 64, got {self.image_size}",
         )
-        _check(len(self.trainable_modules) > 0, "model.trainable_modules", "names no group: nothing would train")
+        _check(
+            len(self.trainable_modules) > 0, "model.trainable_modules", "names no group: nothing would train"
+        )
         for i, name in enumerate(self.trainable_modules):
             _check_choice(name, f"model.trainable_modules[{i}]", TRAINABLE_GROUPS)
 
@@ -158,7 +173,10 @@ class PromptsConfig:
     """First-frame prompts per object."""
 
     type: str = "mixed"
-    """mask | box | point | mixed."""
+    """mask | box | point | mixed (training)."""
+    val_type: str | None = "mask"
+    """Prompt used at validation (deterministic); `mask` is the semi-supervised VOS protocol J&F is reported
+    with. Null uses `type`."""
     mask_prob: float = 0.5
     """With type mixed: probability of a mask prompt."""
     box_prob: float = 0.25
@@ -174,11 +192,17 @@ class PromptsConfig:
 
     def __post_init__(self) -> None:
         _check_choice(self.type, "prompts.type", PROMPT_TYPES)
+        if self.val_type is not None:
+            _check_choice(self.val_type, "prompts.val_type", PROMPT_TYPES)
         for name in ("mask_prob", "box_prob", "point_prob", "box_noise"):
             _check(getattr(self, name) >= 0, f"prompts.{name}", "must be >= 0")
         if self.type == "mixed":
             total = self.mask_prob + self.box_prob + self.point_prob
-            _check(abs(total - 1.0) < 1e-6, "prompts.mask_prob", f"mask/box/point probabilities sum to {total}, not 1")
+            _check(
+                abs(total - 1.0) < 1e-6,
+                "prompts.mask_prob",
+                f"mask/box/point probabilities sum to {total}, not 1",
+            )
         _check(self.num_pos_points >= 1, "prompts.num_pos_points", "must be >= 1")
         _check(self.num_neg_points >= 0, "prompts.num_neg_points", "must be >= 0")
 
@@ -284,7 +308,8 @@ class TrainerConfig:
         for key in ("val_check_interval", "limit_train_batches", "limit_val_batches"):
             value = getattr(self, key)
             _check(
-                value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0),
+                value is None
+                or (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0),
                 f"trainer.{key}",
                 f"must be a number >= 0 (a fraction as float, a count as int), got {value!r}",
             )
@@ -377,9 +402,10 @@ def _check_keys(tree: dict, source: str, prefix: str = "") -> None:
     for key, value in tree.items():
         full = f"{prefix}{key}"
         if full not in VALID_KEYS:
-            close = difflib.get_close_matches(full, VALID_KEYS, n=1, cutoff=0.5)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"{source}: unknown config key '{full}'.{hint}")
+            while isinstance(value, dict) and value:  # name the whole dotted key a user wrote
+                key, value = next(iter(value.items()))
+                full = f"{full}.{key}"
+            raise ConfigError(f"{source}: unknown config key '{full}'.{_closest(full, VALID_KEYS)}")
         if isinstance(value, dict) and any(k.startswith(full + ".") for k in VALID_KEYS):
             _check_keys(value, source, full + ".")
 

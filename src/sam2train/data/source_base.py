@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
     """A problem with the user's data; the message names the file, video or key."""
 
 

@@ -1,0 +1,147 @@
+"""The `sam2train` command: fit, validate, demo-data, inspect-data.
+
+Every user error (config, data, checkpoint) is reported as one line naming the culprit and exit status 2; only
+this module ever exits the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .config import ConfigError, UserError, load_config, to_yaml
+
+EXIT_USER_ERROR = 2
+
+
+def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--config", "-c", required=required, help="YAML config (may name a `base:` to extend)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optimizer.lr=3e-5")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sam2train", description="Fine-tune SAM 2 on your videos.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit = sub.add_parser("fit", help="train (and validate every epoch)")
+    _config_args(fit)
+    fit.add_argument("--ckpt", help="resume: 'last' (the run's last.ckpt) or a checkpoint path")
+    fit.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+    val = sub.add_parser("validate", help="run validation of a checkpoint")
+    _config_args(val)
+    val.add_argument("--ckpt", required=True, help="Lightning checkpoint to validate")
+
+    demo = sub.add_parser("demo-data", help="write the synthetic demo dataset (DAVIS layout)")
+    demo.add_argument("out", type=Path)
+    demo.add_argument("--videos", type=int, default=8)
+    demo.add_argument("--frames", type=int, default=24)
+    demo.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
+    demo.add_argument("--objects", type=int, default=3)
+    demo.add_argument("--seed", type=int, default=0)
+
+    insp = sub.add_parser("inspect-data", help="dataset statistics and a PNG sheet of one sampled clip")
+    _config_args(insp)
+    insp.add_argument("--out", type=Path, default=Path("inspect.png"), help="where to write the PNG sheet")
+    insp.add_argument("--split", choices=("train", "val"), default="train")
+    return parser
+
+
+def _last_checkpoint(cfg) -> str:
+    """The newest `last.ckpt` under the run name's folder."""
+    base = Path(cfg.logging.root_dir) / cfg.logging.name
+    found = sorted(base.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"--ckpt last: no last.ckpt under {base}/*/checkpoints")
+    return str(found[-1])
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    import lightning as L
+
+    from .data.datamodule import SAM2LightningDataModule
+    from .lightning import SAM2LightningModule
+    from .runner import make_trainer
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    ckpt = _last_checkpoint(cfg) if args.ckpt == "last" else args.ckpt
+    if ckpt is not None and not Path(ckpt).is_file():
+        raise FileNotFoundError(f"--ckpt: checkpoint file not found: {ckpt}")
+    datamodule = SAM2LightningDataModule(cfg)
+    datamodule.setup("fit")  # every source is checked here, before the model is built
+    module = SAM2LightningModule(cfg)
+    trainer = make_trainer(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    if trainer.is_global_zero:
+        print(f"run folder: {trainer.default_root_dir}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    if not Path(args.ckpt).is_file():
+        raise FileNotFoundError(f"--ckpt: checkpoint file not found: {args.ckpt}")
+    from .data.datamodule import SAM2LightningDataModule
+    from .lightning import SAM2LightningModule
+    from .runner import make_trainer
+
+    datamodule = SAM2LightningDataModule(cfg)
+    datamodule.setup("validate")
+    if datamodule.val_set is None:
+        raise ConfigError("config key 'data.val_path' is not set: nothing to validate")
+    module = SAM2LightningModule(cfg)
+    trainer = make_trainer(cfg)
+    results = trainer.validate(module, datamodule=datamodule, ckpt_path=args.ckpt)
+    for key, value in sorted((results[0] if results else {}).items()):
+        print(f"{key}: {value:.6f}")
+    return 0
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    import time
+
+    from .data.synthetic import write_demo_dataset
+
+    start = time.time()
+    summary = write_demo_dataset(
+        args.out, videos=args.videos, frames=args.frames, size=tuple(args.size), objects=args.objects, seed=args.seed
+    )
+    print(f"demo dataset written to {args.out} in {time.time() - start:.1f} s: {summary}")
+    return 0
+
+
+def cmd_inspect_data(args: argparse.Namespace) -> int:
+    from .data.inspect import inspect_dataset
+
+    cfg = load_config(args.config, args.overrides)
+    report = inspect_dataset(cfg, args.out, train=args.split == "train")
+    print(report)
+    print(f"sheet written to {args.out}")
+    return 0
+
+
+COMMANDS = {"fit": cmd_fit, "validate": cmd_validate, "demo-data": cmd_demo_data, "inspect-data": cmd_inspect_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except (UserError, FileNotFoundError) as exc:
+        # ConfigError, DataError, CheckpointError: one line naming the file or key, no traceback
+        print(f"sam2train {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"sam2train {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

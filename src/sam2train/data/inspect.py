@@ -1,0 +1,80 @@
+"""`sam2train inspect-data`: what the configured data looks like before any training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import Config
+from .batch import PROMPT_BOX, PROMPT_NAMES, PROMPT_POINT, VideoSample
+from .datamodule import open_split
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
+
+_MAX_AREA_FRAMES = 500  # mask-area percentiles read at most this many annotated frames (evenly spread)
+
+
+def dataset_stats(source) -> dict:
+    """Videos, frames, annotated frames, objects per video, and percentiles of object area (% of the frame)."""
+    videos = source.videos
+    refs = [(v, p) for v in videos for p in v.annotated]
+    step = max(1, len(refs) // _MAX_AREA_FRAMES)
+    areas = []
+    for video, pos in refs[::step]:
+        fm = source.load_masks(video, pos)
+        total = fm.void.size
+        areas += [100.0 * m.sum() / total for m in fm.masks if m.any()]
+    objects = [len(v.object_ids) for v in videos]
+    pct = np.percentile(areas, [5, 25, 50, 75, 95]).round(3).tolist() if areas else []
+    return {
+        "videos": len(videos),
+        "frames": sum(len(v.frames) for v in videos),
+        "annotated_frames": len(refs),
+        "objects_per_video": {"min": min(objects), "mean": round(float(np.mean(objects)), 2), "max": max(objects)},
+        "mask_area_percent_p5_p25_p50_p75_p95": pct,
+        "skipped_videos": dict(getattr(source, "skipped", {}) or {}),
+    }
+
+
+def _denormalize(images: torch.Tensor) -> np.ndarray:
+    """[T,3,H,W] normalised -> [T,H,W,3] uint8."""
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    x = ((images * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def clip_sheet(sample: VideoSample) -> np.ndarray:
+    """Rows: frames with ground-truth masks; the first frame also shows the prompts (points, boxes)."""
+    from ..viz import draw_prompts, overlay, strip
+
+    frames = _denormalize(sample.images)
+    ids = sample.object_ids.tolist()
+    masks = sample.masks.bool().numpy()
+    tiles = [overlay(frames[t], masks[t], ids) for t in range(len(frames))]
+    p = sample.prompts
+    points = p.point_coords.numpy()
+    labels = p.point_labels.numpy().copy()
+    labels[p.kind.numpy() != PROMPT_POINT] = -1
+    boxes = p.boxes.numpy().copy()
+    boxes[p.kind.numpy() != PROMPT_BOX] = np.nan
+    tiles[0] = draw_prompts(tiles[0], points, labels, boxes, ids)
+    kinds = ", ".join(f"{i}:{PROMPT_NAMES.get(int(k), '-')}" for i, k in zip(ids, p.kind.tolist()))
+    title = f"{sample.video_name} frames {sample.frame_indices.tolist()} prompts {kinds}"
+    return strip([tiles], [title])
+
+
+def inspect_dataset(cfg: Config, out_png: Path, train: bool = True) -> str:
+    """Print-ready statistics of the train (or val) source; writes a PNG sheet of the first sampled clip."""
+    from ..viz import save_png
+
+    source, dataset = open_split(cfg, train=train)
+    stats = dataset_stats(source)
+    sample = dataset[0]
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    save_png(out_png, clip_sheet(sample))
+    lines = [f"{'train' if train else 'val'} data: {source.path}"]
+    lines += [f"  {k}: {v}" for k, v in stats.items()]
+    lines.append(f"  clips per epoch: {len(dataset)}")
+    return "\n".join(lines)

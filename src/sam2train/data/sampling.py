@@ -1,0 +1,134 @@
+"""Which frames and objects make a clip.
+
+Training: an epoch's index is a list of windows of `clip_length` annotated frames whose starts are `stride` apart;
+each draw jitters the start within its stride with a per-sample generator, so every epoch sees different but
+reproducible clips. Validation: whole videos (or `val_clip_length` windows), deterministic.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from .source_base import DataError, FrameMasks, VideoInfo
+
+
+@dataclass(frozen=True)
+class ClipRef:
+    """One entry of the index: a video and the first annotated position of a window."""
+
+    video: int
+    start: int
+    length: int
+    jitter: int = 0
+    """How far the start may move later in training (stays within the annotated frames)."""
+
+
+def build_index(
+    videos: list[VideoInfo], clip_length: int | None, stride: int, train: bool, source_name: str = ""
+) -> list[ClipRef]:
+    """Windows over each video's annotated frames. `clip_length=None` gives one whole-video window.
+
+    Videos with fewer annotated frames than `clip_length` are skipped with one warning listing them; when no
+    video is long enough this is a DataError.
+    """
+    index: list[ClipRef] = []
+    too_short: list[str] = []
+    for v, video in enumerate(videos):
+        n = len(video.annotated)
+        length = n if clip_length is None else clip_length
+        if n == 0 or n < length:
+            too_short.append(f"{video.name} ({n})")
+            continue
+        if train:
+            last = n - length
+            for start in range(0, last + 1, stride):
+                index.append(ClipRef(v, start, length, jitter=min(stride - 1, last - start)))
+        else:
+            # non-overlapping windows; the last one ends at the video's end so no frame is dropped
+            starts = list(range(0, n - length + 1, length))
+            if starts[-1] + length < n:
+                starts.append(n - length)
+            index.extend(ClipRef(v, s, length) for s in starts)
+    where = f" in {source_name}" if source_name else ""
+    if too_short:
+        warnings.warn(
+            f"skipped {len(too_short)} video(s){where} with fewer annotated frames than the clip length "
+            f"{clip_length}: {', '.join(too_short)}",
+            stacklevel=2,
+        )
+    if not index:
+        raise DataError(
+            f"no usable video{where}: every video has fewer annotated frames than data.clip_length={clip_length}"
+        )
+    return index
+
+
+def clip_positions(video: VideoInfo, ref: ClipRef, generator: torch.Generator | None) -> list[int]:
+    """Positions (into video.frames) of the clip's annotated frames; the start is jittered in training."""
+    start = ref.start
+    if generator is not None and ref.jitter > 0:
+        start += int(torch.randint(0, ref.jitter + 1, (1,), generator=generator))
+    return video.annotated[start : start + ref.length]
+
+
+def select_objects(first: FrameMasks, max_objects: int, generator: torch.Generator | None) -> list[int]:
+    """Ids of the objects to track: those non-empty in the clip's first frame, at most `max_objects`
+    (a random subset when a generator is given, else the lowest ids)."""
+    present = [int(i) for i, m in zip(first.ids, first.masks) if m.any()]
+    if len(present) <= max_objects:
+        return sorted(present)
+    if generator is None:
+        return sorted(present)[:max_objects]
+    pick = torch.randperm(len(present), generator=generator)[:max_objects]
+    return sorted(present[int(i)] for i in pick)
+
+
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The generator of one training sample: a pure function of (seed, epoch, index), so data workers, ranks and
+    resumed runs draw the same clip, objects, augmentation and prompts."""
+    mixed = np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, index]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(mixed) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+class EpochSampler(Sampler[int]):
+    """Index sampler that shards across ranks itself and encodes the epoch into each index.
+
+    It yields `epoch * len(dataset) + i`, so the dataset can seed sample i of this epoch without any state shared
+    with data workers. Shuffles with (seed, epoch) in training; sequential in validation. With several ranks each
+    gets an interleaved shard; training shards are padded by repetition to equal length (as DistributedSampler).
+    """
+
+    def __init__(self, size: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.size = size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.size))
+        g = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
+        order = torch.randperm(self.size, generator=g).tolist()
+        per_rank = -(-self.size // self.world_size)
+        return (order * self.world_size)[: per_rank * self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        shard = self._order()[self.rank :: self.world_size]
+        offset = self.epoch * self.size if self.shuffle else 0
+        return iter(offset + i for i in shard)
+
+    def __len__(self) -> int:
+        if self.shuffle:
+            return -(-self.size // self.world_size)
+        return len(range(self.rank, self.size, self.world_size))

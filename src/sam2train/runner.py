@@ -1,0 +1,134 @@
+"""Assembles the Lightning Trainer from the config: run folder, loggers, checkpointing, early stopping, precision."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+
+from .callbacks import CurvesAtEnd, SaveConfig
+from .config import Config, ConfigError
+
+_VERSION_ENV = "SAM2TRAIN_RUN_VERSION"
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """`auto` -> bf16-mixed (or 16-mixed without bf16) on CUDA, 32-true elsewhere. A half precision the device
+    cannot run is an error naming the key, never a silent fallback."""
+    cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    if precision == "auto":
+        if cuda:
+            return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        return "32-true"
+    if precision in ("16-mixed", "16-true") and not cuda:
+        raise ConfigError(
+            f"config key 'trainer.precision': {precision} needs a CUDA GPU and none is in use here; "
+            "use 'auto' (32 on CPU), 'bf16-mixed' or '32'"
+        )
+    return precision
+
+
+def run_version(cfg: Config) -> str:
+    """The run folder's name: `logging.version`, else the next free `version_<n>`. Chosen once in the launching
+    process and handed to DDP workers through the environment so every rank writes to the same folder."""
+    if cfg.logging.version:
+        return cfg.logging.version
+    if _VERSION_ENV in os.environ:
+        return os.environ[_VERSION_ENV]
+    base = Path(cfg.logging.root_dir) / cfg.logging.name
+    taken = [int(m.group(1)) for p in base.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
+    version = f"version_{max(taken, default=-1) + 1}"
+    os.environ[_VERSION_ENV] = version
+    return version
+
+
+def make_loggers(cfg: Config, version: str) -> list[Logger]:
+    log_cfg = cfg.logging
+    root, name = log_cfg.root_dir, log_cfg.name
+    loggers: list[Logger] = []
+    for kind in log_cfg.loggers:
+        if kind == "tensorboard":
+            loggers.append(TensorBoardLogger(root, name=name, version=version, default_hp_metric=False))
+        elif kind == "csv":
+            loggers.append(CSVLogger(root, name=name, version=version))
+        elif kind == "wandb":
+            from lightning.pytorch.loggers import WandbLogger
+
+            save_dir = Path(root) / name / version
+            save_dir.mkdir(parents=True, exist_ok=True)
+            loggers.append(
+                WandbLogger(project=log_cfg.project, name=f"{name}-{version}", save_dir=str(save_dir),
+                            offline=log_cfg.offline)
+            )
+        elif kind == "swanlab":
+            try:
+                from swanlab.integration.pytorch_lightning import SwanLabLogger
+            except ImportError as exc:
+                raise ConfigError(
+                    "config key 'logging.loggers': swanlab is not installed (pip install 'sam2train[swanlab]')"
+                ) from exc
+            loggers.append(
+                SwanLabLogger(project=log_cfg.project, experiment_name=f"{name}-{version}",
+                              logdir=str(Path(root) / name / version),
+                              mode="offline" if log_cfg.offline else None)
+            )
+    return loggers
+
+
+def make_trainer(cfg: Config, callbacks: list[L.Callback] | None = None) -> L.Trainer:
+    """A Trainer for `cfg`: TensorBoard + CSV logs in one run folder, best and last checkpoints (with the config
+    inside and beside them), optional early stopping, the configured precision, clipping and accumulation."""
+    t = cfg.trainer
+    version = run_version(cfg)
+    loggers = make_loggers(cfg, version)
+    folder = Path(cfg.logging.root_dir) / cfg.logging.name / version
+    ck = cfg.checkpoint
+    has_val = cfg.data.val_path is not None
+    checkpoint = ModelCheckpoint(
+        dirpath=folder / "checkpoints",
+        filename="epoch{epoch:03d}-step{step:06d}",
+        auto_insert_metric_name=False,
+        monitor=ck.monitor if has_val else None,  # without validation: keep the latest
+        mode=ck.mode,
+        save_top_k=ck.save_top_k if has_val else 1,
+        save_last=ck.save_last,
+        every_n_train_steps=ck.every_n_train_steps,
+    )
+    cbs: list[L.Callback] = [checkpoint, SaveConfig(cfg), CurvesAtEnd()]
+    if cfg.early_stopping.enabled and has_val:
+        es = cfg.early_stopping
+        cbs.append(EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta))
+    if cfg.logging.progress_bar == "rich":
+        cbs.append(RichProgressBar())
+    elif cfg.logging.progress_bar == "tqdm":
+        cbs.append(TQDMProgressBar())
+    cbs.extend(callbacks or [])
+    kwargs = {}
+    for key in ("limit_train_batches", "limit_val_batches"):
+        if getattr(t, key) is not None:
+            kwargs[key] = getattr(t, key)
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        precision=resolve_precision(t.precision, t.accelerator),
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        gradient_clip_val=t.gradient_clip_val,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        log_every_n_steps=t.log_every_n_steps,
+        val_check_interval=t.val_check_interval,
+        num_sanity_val_steps=t.num_sanity_val_steps,
+        deterministic=t.deterministic,
+        logger=loggers or False,
+        callbacks=cbs,
+        default_root_dir=str(folder),
+        enable_progress_bar=cfg.logging.progress_bar != "none",
+        use_distributed_sampler=False,  # EpochSampler shards across ranks itself
+        **kwargs,
+    )
