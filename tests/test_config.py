@@ -62,7 +62,9 @@ def test_recipe_overrides_base_without_repeating_it() -> None:
 
 
 def test_overrides_convert_types() -> None:
-    cfg = load_config(None, ["optimizer.lr=3e-5", "data.clip_length=4", "data.augment=false", "trainer.devices=2"])
+    cfg = load_config(
+        None, ["optimizer.lr=3e-5", "data.clip_length=4", "data.augment=false", "trainer.devices=2"]
+    )
     assert cfg.optimizer.lr == pytest.approx(3e-5) and isinstance(cfg.optimizer.lr, float)
     assert cfg.data.clip_length == 4 and cfg.data.augment is False and cfg.trainer.devices == 2
     cfg = load_config(None, ["model.trainable_modules=[sam_mask_decoder]", "data.val_clip_length=null"])

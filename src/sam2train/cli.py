@@ -18,7 +18,9 @@ EXIT_USER_ERROR = 2
 
 def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--config", "-c", required=required, help="YAML config (may name a `base:` to extend)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optimizer.lr=3e-5")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optimizer.lr=3e-5"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -110,7 +112,12 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
     start = time.time()
     summary = write_demo_dataset(
-        args.out, videos=args.videos, frames=args.frames, size=tuple(args.size), objects=args.objects, seed=args.seed
+        args.out,
+        videos=args.videos,
+        frames=args.frames,
+        size=tuple(args.size),
+        objects=args.objects,
+        seed=args.seed,
     )
     print(f"demo dataset written to {args.out} in {time.time() - start:.1f} s: {summary}")
     return 0
@@ -126,7 +133,12 @@ def cmd_inspect_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"fit": cmd_fit, "validate": cmd_validate, "demo-data": cmd_demo_data, "inspect-data": cmd_inspect_data}
+COMMANDS = {
+    "fit": cmd_fit,
+    "validate": cmd_validate,
+    "demo-data": cmd_demo_data,
+    "inspect-data": cmd_inspect_data,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

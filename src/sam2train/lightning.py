@@ -70,7 +70,9 @@ class SAM2LightningModule(L.LightningModule):
         if self.trainer is not None and self.trainer.is_global_zero:
             total = sum(t for t, _ in self.param_report.values())
             trainable = sum(tr for _, tr in self.param_report.values())
-            print(f"sam2train: {total:,} parameters, {trainable:,} trainable, device {self.trainer.strategy.root_device}")
+            print(
+                f"sam2train: {total:,} parameters, {trainable:,} trainable, device {self.trainer.strategy.root_device}"
+            )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # weights come from the checkpoint itself: build the network without reading model.checkpoint
@@ -106,9 +108,24 @@ class SAM2LightningModule(L.LightningModule):
         )
         on_step = stage == "train"
         bsz = batch.shape[0]
-        self.log(f"{stage}/total", total, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=bsz, sync_dist=not on_step)
+        self.log(
+            f"{stage}/total",
+            total,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=bsz,
+            sync_dist=not on_step,
+        )
         for name, value in parts.items():
-            self.log(f"{stage}/{name}", value, on_step=on_step, on_epoch=True, batch_size=bsz, sync_dist=not on_step)
+            self.log(
+                f"{stage}/{name}",
+                value,
+                on_step=on_step,
+                on_epoch=True,
+                batch_size=bsz,
+                sync_dist=not on_step,
+            )
         return total
 
     def training_step(self, batch: VideoBatch, batch_idx: int) -> torch.Tensor:
@@ -129,7 +146,9 @@ class SAM2LightningModule(L.LightningModule):
         if value is None:
             return
         value = float(value)
-        better = self.best_score is None or (value < self.best_score if ck.mode == "min" else value > self.best_score)
+        better = self.best_score is None or (
+            value < self.best_score if ck.mode == "min" else value > self.best_score
+        )
         if better:
             self.best_score = value
         self.log(f"best/{ck.monitor}", self.best_score, sync_dist=False, rank_zero_only=True)
@@ -179,14 +198,18 @@ def _main_scheduler(optimizer: torch.optim.Optimizer, cfg, unit: int) -> LRSched
     return StepLR(optimizer, step_size=cfg.step_size * unit, gamma=cfg.gamma)
 
 
-def as_video_batch(images: Any, masks: torch.Tensor | None = None, prompts: Prompts | None = None) -> VideoBatch:
+def as_video_batch(
+    images: Any, masks: torch.Tensor | None = None, prompts: Prompts | None = None
+) -> VideoBatch:
     """A VideoBatch from a VideoBatch, Meta's BatchedVideoDatapoint, or (images, masks, prompts) tensors."""
     if isinstance(images, VideoBatch):
         return images
     if hasattr(images, "obj_to_frame_idx") and hasattr(images, "img_batch"):
         return from_meta_batch(images)
     if masks is None:
-        raise ValueError("forward(images, masks, prompts): masks [B,T,N,H,W] are required with a tensor input")
+        raise ValueError(
+            "forward(images, masks, prompts): masks [B,T,N,H,W] are required with a tensor input"
+        )
     b, t, n = masks.shape[:3]
     h, w = masks.shape[-2:]
     if prompts is None:

@@ -62,8 +62,12 @@ def make_loggers(cfg: Config, version: str) -> list[Logger]:
             save_dir = Path(root) / name / version
             save_dir.mkdir(parents=True, exist_ok=True)
             loggers.append(
-                WandbLogger(project=log_cfg.project, name=f"{name}-{version}", save_dir=str(save_dir),
-                            offline=log_cfg.offline)
+                WandbLogger(
+                    project=log_cfg.project,
+                    name=f"{name}-{version}",
+                    save_dir=str(save_dir),
+                    offline=log_cfg.offline,
+                )
             )
         elif kind == "swanlab":
             try:
@@ -73,9 +77,12 @@ def make_loggers(cfg: Config, version: str) -> list[Logger]:
                     "config key 'logging.loggers': swanlab is not installed (pip install 'sam2train[swanlab]')"
                 ) from exc
             loggers.append(
-                SwanLabLogger(project=log_cfg.project, experiment_name=f"{name}-{version}",
-                              logdir=str(Path(root) / name / version),
-                              mode="offline" if log_cfg.offline else None)
+                SwanLabLogger(
+                    project=log_cfg.project,
+                    experiment_name=f"{name}-{version}",
+                    logdir=str(Path(root) / name / version),
+                    mode="offline" if log_cfg.offline else None,
+                )
             )
     return loggers
 
@@ -102,7 +109,9 @@ def make_trainer(cfg: Config, callbacks: list[L.Callback] | None = None) -> L.Tr
     cbs: list[L.Callback] = [checkpoint, SaveConfig(cfg), CurvesAtEnd()]
     if cfg.early_stopping.enabled and has_val:
         es = cfg.early_stopping
-        cbs.append(EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta))
+        cbs.append(
+            EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta)
+        )
     if cfg.logging.progress_bar == "rich":
         cbs.append(RichProgressBar())
     elif cfg.logging.progress_bar == "tqdm":

@@ -99,9 +99,15 @@ class VideoBatch:
             return x.pin_memory() if isinstance(x, torch.Tensor) else x
 
         prompts = Prompts(**{f.name: pin(getattr(self.prompts, f.name)) for f in fields(Prompts)})
-        return replace(self, prompts=prompts, **{
-            f.name: pin(getattr(self, f.name)) for f in fields(self) if f.name not in ("prompts", "video_names")
-        })
+        return replace(
+            self,
+            prompts=prompts,
+            **{
+                f.name: pin(getattr(self, f.name))
+                for f in fields(self)
+                if f.name not in ("prompts", "video_names")
+            },
+        )
 
 
 def _pad(t: torch.Tensor, dim: int, size: int, value: float | int | bool) -> torch.Tensor:

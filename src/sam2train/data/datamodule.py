@@ -53,7 +53,11 @@ class SAM2LightningDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_set is None:
             _, self.train_set = open_split(self.config, train=True)
-        if stage in (None, "fit", "validate") and self.val_set is None and self.config.data.val_path is not None:
+        if (
+            stage in (None, "fit", "validate")
+            and self.val_set is None
+            and self.config.data.val_path is not None
+        ):
             _, self.val_set = open_split(self.config, train=False)
 
     def _rank(self) -> tuple[int, int]:
@@ -65,7 +69,9 @@ class SAM2LightningDataModule(L.LightningDataModule):
     def _loader(self, dataset: ClipDataset, train: bool) -> DataLoader:
         data = self.config.data
         rank, world = self._rank()
-        sampler = EpochSampler(len(dataset), shuffle=train, seed=self.config.seed, rank=rank, world_size=world)
+        sampler = EpochSampler(
+            len(dataset), shuffle=train, seed=self.config.seed, rank=rank, world_size=world
+        )
         # whole-video validation clips differ in length: one video per batch
         batch_size = data.batch_size if train or data.val_clip_length is not None else 1
         return DataLoader(

@@ -41,7 +41,9 @@ class ClipDataset(Dataset[VideoSample]):
         except DataError:
             raise
         except Exception as exc:  # name the video in any other failure raised in a worker
-            raise DataError(f"video '{video.name}' in {self.source.path}: {type(exc).__name__}: {exc}") from exc
+            raise DataError(
+                f"video '{video.name}' in {self.source.path}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def _load(self, video: VideoInfo, ref: ClipRef, epoch: int, i: int) -> VideoSample:
         seed = self.cfg.seed if self.train else self.cfg.seed + _VAL_SEED_OFFSET
@@ -72,7 +74,12 @@ class ClipDataset(Dataset[VideoSample]):
         )
 
     def _augment(
-        self, frames: torch.Tensor, masks: torch.Tensor, void: torch.Tensor, obj_ids: list[int], g: torch.Generator
+        self,
+        frames: torch.Tensor,
+        masks: torch.Tensor,
+        void: torch.Tensor,
+        obj_ids: list[int],
+        g: torch.Generator,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
         """Augment the clip; a draw that pushes a tracked object out of the first frame is redrawn (up to a few
         times, from the same generator, so it stays reproducible). Objects the resize made empty in the first
@@ -88,4 +95,3 @@ class ClipDataset(Dataset[VideoSample]):
             masks = masks[:, keep]
             obj_ids = [obj_ids[k] for k in keep]
         return frames, masks, void, obj_ids
-

@@ -31,7 +31,11 @@ def dataset_stats(source) -> dict:
         "videos": len(videos),
         "frames": sum(len(v.frames) for v in videos),
         "annotated_frames": len(refs),
-        "objects_per_video": {"min": min(objects), "mean": round(float(np.mean(objects)), 2), "max": max(objects)},
+        "objects_per_video": {
+            "min": min(objects),
+            "mean": round(float(np.mean(objects)), 2),
+            "max": max(objects),
+        },
         "mask_area_percent_p5_p25_p50_p75_p95": pct,
         "skipped_videos": dict(getattr(source, "skipped", {}) or {}),
     }

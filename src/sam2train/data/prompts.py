@@ -75,7 +75,11 @@ def choose_kind(cfg: PromptsConfig, prompt_type: str, g: torch.Generator) -> int
 
 
 def make_prompts(
-    first_masks: torch.Tensor, cfg: PromptsConfig, g: torch.Generator, train: bool, prompt_type: str | None = None
+    first_masks: torch.Tensor,
+    cfg: PromptsConfig,
+    g: torch.Generator,
+    train: bool,
+    prompt_type: str | None = None,
 ) -> Prompts:
     """Prompts for N objects from their first-frame masks [N, H, W] bool (each non-empty).
 

@@ -99,7 +99,11 @@ class ClipAugment:
             v = TF.affine(v, **params, interpolation=InterpolationMode.BILINEAR)
             m, z = TF.affine(m, **params), TF.affine(z, **params)
         v = self._colour(v, g)
-        return v.as_subclass(torch.Tensor), m.as_subclass(torch.Tensor).bool(), z.as_subclass(torch.Tensor).bool()
+        return (
+            v.as_subclass(torch.Tensor),
+            m.as_subclass(torch.Tensor).bool(),
+            z.as_subclass(torch.Tensor).bool(),
+        )
 
     def _colour(self, v: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         cfg = self.cfg
