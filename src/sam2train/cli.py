@@ -119,7 +119,12 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
         objects=args.objects,
         seed=args.seed,
     )
-    print(f"demo dataset written to {args.out} in {time.time() - start:.1f} s: {summary}")
+    print(
+        f"demo dataset written to {args.out} in {time.time() - start:.1f} s: "
+        f"{len(summary['train_videos'])} train and {len(summary['val_videos'])} val videos of {summary['frames']} "
+        f"frames, {summary['objects']} objects, {summary['size'][0]}x{summary['size'][1]} px "
+        f"({summary['train']}, {summary['val']})"
+    )
     return 0
 
 
