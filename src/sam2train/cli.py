@@ -1,4 +1,4 @@
-"""The `sam2train` command: fit, validate, demo-data, inspect-data.
+"""The `sam2train` command: fit, validate, evaluate, demo-data, inspect-data.
 
 Every user error (config, data, checkpoint) is reported as one line naming the culprit and exit status 2; only
 this module ever exits the process.
@@ -43,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
     demo.add_argument("--objects", type=int, default=3)
     demo.add_argument("--seed", type=int, default=0)
+
+    ev = sub.add_parser("evaluate", help="score predicted masks against ground truth (DAVIS J, F, J&F)")
+    ev.add_argument("--pred", type=Path, required=True, help="predictions: <pred>/<sequence>/<frame>.png")
+    ev.add_argument("--gt", type=Path, required=True, help="ground truth: a DAVIS root or a sequences folder")
+    ev.add_argument("--out", type=Path, help="write the scores as JSON")
 
     insp = sub.add_parser("inspect-data", help="dataset statistics and a PNG sheet of one sampled clip")
     _config_args(insp)
@@ -138,11 +143,33 @@ def cmd_inspect_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .metrics import evaluate_folders
+
+    scores = evaluate_folders(args.pred, args.gt)
+    print(f"{'sequence':<24}{'J&F':>8}{'J':>8}{'F':>8}")
+    for seq, s in sorted(scores["per_sequence"].items()):
+        print(f"{seq:<24}{s['J&F']:>8.4f}{s['J']:>8.4f}{s['F']:>8.4f}")
+    print(f"{'overall':<24}{scores['J&F']:>8.4f}{scores['J']:>8.4f}{scores['F']:>8.4f}")
+    print(
+        f"J recall {scores['J_recall']:.4f}  F recall {scores['F_recall']:.4f}  "
+        f"J decay {scores['J_decay']:.4f}  F decay {scores['F_decay']:.4f}"
+    )
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(scores, indent=2))
+        print(f"scores written to {args.out}")
+    return 0
+
+
 COMMANDS = {
     "fit": cmd_fit,
     "validate": cmd_validate,
     "demo-data": cmd_demo_data,
     "inspect-data": cmd_inspect_data,
+    "evaluate": cmd_evaluate,
 }
 
 
