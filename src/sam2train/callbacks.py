@@ -29,6 +29,8 @@ class SaveConfig(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not trainer.is_global_zero:
             return
+        for logger in trainer.loggers:
+            _ = logger.experiment  # let each logger create its folder before we write into it
         text = to_yaml(self.config)
         folders = {run_dir(trainer)}
         ckpt = trainer.checkpoint_callback

@@ -51,7 +51,7 @@ class SAM2LightningModule(L.LightningModule):
     def build(self, load_weights: bool = True) -> None:
         """Build SAM 2 from the config (and its checkpoint when `load_weights`), freeze what is not trainable,
         and report the parameter counts."""
-        from .model.build import apply_trainable, build_model, format_report, parameter_report
+        from .model.build import apply_trainable, build_model, format_parameter_report, parameter_report
 
         model_cfg = self.config.model
         if load_weights:
@@ -62,7 +62,9 @@ class SAM2LightningModule(L.LightningModule):
                 self.model = build_model(replace(model_cfg, checkpoint=None), device="cpu")
         apply_trainable(self.model, self.config.model.trainable_modules)
         self.param_report = parameter_report(self.model)
-        log.info("SAM 2 parameters (device: %s):\n%s", self.device, format_report(self.param_report))
+        log.info(
+            "SAM 2 parameters (device: %s):\n%s", self.device, format_parameter_report(self.param_report)
+        )
 
     def setup(self, stage: str) -> None:
         if self.model is None:
@@ -106,26 +108,12 @@ class SAM2LightningModule(L.LightningModule):
         total, parts = self.criterion(
             out.mask_logits, batch.masks, batch.valid, return_components=True, ignore_mask=batch.ignore
         )
-        on_step = stage == "train"
-        bsz = batch.shape[0]
-        self.log(
-            f"{stage}/total",
-            total,
-            on_step=on_step,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=bsz,
-            sync_dist=not on_step,
-        )
+        # training: per step; validation: the epoch's mean over batches (synchronised across ranks)
+        train = stage == "train"
+        opts = {"on_step": train, "on_epoch": not train, "batch_size": batch.shape[0], "sync_dist": not train}
+        self.log(f"{stage}/total", total.detach(), prog_bar=True, **opts)
         for name, value in parts.items():
-            self.log(
-                f"{stage}/{name}",
-                value,
-                on_step=on_step,
-                on_epoch=True,
-                batch_size=bsz,
-                sync_dist=not on_step,
-            )
+            self.log(f"{stage}/{name}", value.detach(), **opts)
         return total
 
     def training_step(self, batch: VideoBatch, batch_idx: int) -> torch.Tensor:

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy, Strategy
 
 from .callbacks import CurvesAtEnd, SaveConfig
 from .config import Config, ConfigError
@@ -87,6 +88,21 @@ def make_loggers(cfg: Config, version: str) -> list[Logger]:
     return loggers
 
 
+# Groups whose every parameter takes part in every training step (for clips of 2+ frames). Any other group has
+# parameters that some steps leave unused (point embeddings on a mask-prompted step, the neck level SAM 2 drops).
+_ALWAYS_USED = {"memory_attention", "memory_encoder"}
+
+
+def resolve_strategy(cfg: Config) -> str | Strategy:
+    """`ddp` gets `find_unused_parameters` only when the trainable set requires it (it costs a graph walk per
+    step); every other strategy name goes to Lightning unchanged."""
+    name = cfg.trainer.strategy
+    if name != "ddp":
+        return name
+    needed = not set(cfg.model.trainable_modules) <= _ALWAYS_USED or cfg.data.clip_length < 2
+    return DDPStrategy(find_unused_parameters=needed)
+
+
 def make_trainer(cfg: Config, callbacks: list[L.Callback] | None = None) -> L.Trainer:
     """A Trainer for `cfg`: TensorBoard + CSV logs in one run folder, best and last checkpoints (with the config
     inside and beside them), optional early stopping, the configured precision, clipping and accumulation."""
@@ -124,7 +140,7 @@ def make_trainer(cfg: Config, callbacks: list[L.Callback] | None = None) -> L.Tr
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
-        strategy=t.strategy,
+        strategy=resolve_strategy(cfg),
         precision=resolve_precision(t.precision, t.accelerator),
         max_epochs=t.max_epochs,
         max_steps=t.max_steps,

@@ -1,0 +1,113 @@
+"""End to end on demo data: `sam2train fit` writes checkpoint, config and metrics; `validate` reads them back;
+the same run under DDP with 2 CPU processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sam2train.cli import main
+from sam2train.data.synthetic import write_demo_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "configs" / "demo.yaml"
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    write_demo_dataset(out, videos=4, frames=6, size=(96, 128), objects=2, seed=3)
+    return out
+
+
+def _overrides(data: Path, root: Path, steps: int = 2) -> list[str]:
+    return [
+        f"data.train_path={data / 'train'}",
+        f"data.val_path={data / 'val'}",
+        "data.clip_length=2",
+        "data.num_workers=0",
+        "data.val_clip_length=2",
+        "model.image_size=128",
+        f"trainer.limit_train_batches={steps}",
+        "trainer.max_epochs=1",
+        "trainer.limit_val_batches=1",
+        "trainer.log_every_n_steps=1",
+        "scheduler.warmup_steps=0",
+        f"logging.root_dir={root}",
+        "logging.progress_bar=none",
+    ]
+
+
+@pytest.mark.slow
+def test_fit_writes_checkpoint_config_metrics_and_validate_reads_them(
+    demo_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["fit", "--config", str(DEMO), *_overrides(demo_data, tmp_path)]) == 0
+    run = tmp_path / "demo" / "version_0"
+    ckpts = run / "checkpoints"
+    assert (
+        (ckpts / "last.ckpt").is_file()
+        and (ckpts / "config.yaml").is_file()
+        and (run / "config.yaml").is_file()
+    )
+    best = [p for p in ckpts.glob("epoch*.ckpt")]
+    assert len(best) == 1
+    state = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["sam2train_config"]["model"]["image_size"] == 128
+    assert any(k.startswith("model.memory_attention.") for k in state["state_dict"])
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert final["global_steps"] == 2 and final["monitor"] == "val/total"
+    assert final["best_model_path"] == str(best[0])
+    assert final["parameters"]["total"] > final["parameters"]["per_group"]["memory_attention"]["total"] > 0
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    for key in ("train/total", "train/bce", "train/dice", "train/iou", "train/temporal", "val/total", "lr"):
+        assert key in header
+    assert (run / "curves.png").is_file()
+    capsys.readouterr()
+
+    args = ["validate", "--config", str(ckpts / "config.yaml"), "--ckpt", str(ckpts / "last.ckpt")]
+    assert main([*args, "logging.version=check"]) == 0
+    assert "val/total:" in capsys.readouterr().out
+
+
+def test_fit_with_missing_data_names_the_path(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    missing = tmp_path / "nowhere"
+    assert (
+        main(["fit", "--config", str(DEMO), f"data.train_path={missing}", f"logging.root_dir={tmp_path}"])
+        == 2
+    )
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_resume_with_missing_checkpoint_names_it(demo_data: Path, tmp_path: Path, capsys) -> None:
+    args = [
+        "fit",
+        "--config",
+        str(DEMO),
+        *_overrides(demo_data, tmp_path),
+        "--ckpt",
+        str(tmp_path / "x.ckpt"),
+    ]
+    assert main(args) == 2
+    assert "x.ckpt" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ddp_with_two_cpu_processes(demo_data: Path, tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "sam2train"
+    cmd = [str(exe), "fit", "--config", str(DEMO), *_overrides(demo_data, tmp_path)]
+    cmd += ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "logging.version=ddp"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("SAM2TRAIN_RUN_VERSION", None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "demo" / "ddp"
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert final["global_steps"] == 2
+    assert (run / "checkpoints" / "last.ckpt").is_file()
