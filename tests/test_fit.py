@@ -62,18 +62,30 @@ def test_fit_writes_checkpoint_config_metrics_and_validate_reads_them(
     assert state["sam2train_config"]["model"]["image_size"] == 128
     assert any(k.startswith("model.memory_attention.") for k in state["state_dict"])
     final = json.loads((run / "final_metrics.json").read_text())
-    assert final["global_steps"] == 2 and final["monitor"] == "val/total"
+    assert final["global_steps"] == 2 and final["monitor"] == "val/J&F"
     assert final["best_model_path"] == str(best[0])
     assert final["parameters"]["total"] > final["parameters"]["per_group"]["memory_attention"]["total"] > 0
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
-    for key in ("train/total", "train/bce", "train/dice", "train/iou", "train/temporal", "val/total", "lr"):
+    for key in (
+        "train/total",
+        "train/bce",
+        "train/dice",
+        "train/iou",
+        "train/temporal",
+        "val/total",
+        "val/J",
+        "val/F",
+        "val/J&F",
+        "lr",
+    ):
         assert key in header
     assert (run / "curves.png").is_file()
     capsys.readouterr()
 
     args = ["validate", "--config", str(ckpts / "config.yaml"), "--ckpt", str(ckpts / "last.ckpt")]
     assert main([*args, "logging.version=check"]) == 0
-    assert "val/total:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "val/total:" in printed and "val/J&F:" in printed
 
 
 def test_fit_with_missing_data_names_the_path(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

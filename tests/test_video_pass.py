@@ -102,6 +102,20 @@ def test_batched_objects_match_objects_alone(fresh_tiny_sam2, make_video_batch):
             assert torch.equal(single.is_multimask[0, :, 0], out.is_multimask[bi, :, ni])
 
 
+def test_chunked_encoding_matches_the_whole_clip(fresh_tiny_sam2, make_video_batch):
+    """Validation and predict encode a few frames at a time; the result is the same as one encoder call."""
+    model = fresh_tiny_sam2.eval()
+    batch = make_video_batch(MIXED, t=5)
+    with torch.no_grad():
+        whole = run_video(model, batch)
+        for chunk in (1, 2):
+            parts = run_video(model, batch, chunk=chunk)
+            torch.testing.assert_close(parts.mask_logits, whole.mask_logits, atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                parts.object_score_logits, whole.object_score_logits, atol=1e-5, rtol=0
+            )
+
+
 def _select_object(batch: VideoBatch, b: int, n: int) -> VideoBatch:
     def pick(x: torch.Tensor, obj_dim: int | None) -> torch.Tensor:
         x = x[b : b + 1]

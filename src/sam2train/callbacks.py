@@ -88,6 +88,7 @@ def write_final_metrics(trainer: L.Trainer, module: Any, wall_time: float) -> Pa
             "per_group": {k: {"total": t, "trainable": tr} for k, (t, tr) in report.items()},
         },
         "metrics": {k: _plain(v) for k, v in trainer.callback_metrics.items()},
+        "validation_history": getattr(module, "val_history", []),
     }
     out = run_dir(trainer) / "final_metrics.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--objects", type=int, default=3)
     demo.add_argument("--seed", type=int, default=0)
 
+    from .export import add_export_parser
+    from .predict import add_predict_parser
+
+    add_predict_parser(sub)
+    add_export_parser(sub)
+
     ev = sub.add_parser("evaluate", help="score predicted masks against ground truth (DAVIS J, F, J&F)")
     ev.add_argument("--pred", type=Path, required=True, help="predictions: <pred>/<sequence>/<frame>.png")
     ev.add_argument("--gt", type=Path, required=True, help="ground truth: a DAVIS root or a sequences folder")
@@ -84,10 +90,24 @@ def cmd_fit(args: argparse.Namespace) -> int:
     datamodule.setup("fit")  # every source is checked here, before the model is built
     module = SAM2LightningModule(cfg)
     trainer = make_trainer(cfg)
+    if cfg.trainer.validate_first and datamodule.val_set is not None and ckpt is None:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
     if trainer.is_global_zero:
+        _print_summary(module, cfg.checkpoint.monitor)
         print(f"run folder: {trainer.default_root_dir}")
     return 0
+
+
+def _print_summary(module, monitor: str) -> None:
+    """Where the monitored validation metric started, where it ended and its best value."""
+    values = [h[monitor] for h in module.val_history if monitor in h]
+    if not values:
+        return
+    label = "before training" if module.config.trainer.validate_first else "after epoch 0"
+    print(
+        f"{monitor}: {label} {values[0]:.4f}, after the last epoch {values[-1]:.4f}, best {module.best_score:.4f}"
+    )
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -170,7 +190,15 @@ COMMANDS = {
     "demo-data": cmd_demo_data,
     "inspect-data": cmd_inspect_data,
     "evaluate": cmd_evaluate,
+    "predict": lambda args: _lazy("predict", "cmd_predict")(args),
+    "export": lambda args: _lazy("export", "cmd_export")(args),
 }
+
+
+def _lazy(module: str, name: str):
+    import importlib
+
+    return getattr(importlib.import_module(f"sam2train.{module}"), name)
 
 
 def main(argv: list[str] | None = None) -> int:

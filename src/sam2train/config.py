@@ -154,6 +154,8 @@ class ModelConfig:
     """Backpropagate through time: memory is not detached, so memory modules get gradients from later frames."""
     mask_prompt_passthrough: bool = True
     """A mask-prompted frame outputs the prompt itself (as Meta's trainer) instead of the decoder's prediction."""
+    eval_chunk_frames: int = 8
+    """Validation streams each video through the image encoder this many frames at a time (bounded memory)."""
 
     def __post_init__(self) -> None:
         _check(
@@ -292,6 +294,8 @@ class TrainerConfig:
     strategy: str = "auto"
     """auto | ddp | ddp_find_unused_parameters_true | fsdp | ... (Lightning's names)."""
     deterministic: bool = False
+    validate_first: bool = False
+    """Validate once before training, so the logs and final_metrics.json show where the run started."""
 
     def __post_init__(self) -> None:
         self.precision = str(self.precision)
@@ -334,17 +338,21 @@ class LoggingConfig:
     """wandb/swanlab in offline mode."""
     progress_bar: str = "rich"
     """rich | tqdm | none."""
+    viz_every_n_epochs: int = 1
+    """Every this many epochs, write an overlay strip (PNG) and GIF of one validation video; 0 disables."""
 
     def __post_init__(self) -> None:
         for i, name in enumerate(self.loggers):
             _check_choice(name, f"logging.loggers[{i}]", LOGGERS)
         _check_choice(self.progress_bar, "logging.progress_bar", ("rich", "tqdm", "none"))
+        _check(self.viz_every_n_epochs >= 0, "logging.viz_every_n_epochs", "must be >= 0")
 
 
 @dataclass
 class CheckpointConfig:
-    monitor: str = "val/total"
-    mode: str = "min"
+    monitor: str = "val/J&F"
+    """A logged metric: val/J&F, val/J, val/F, val/total, val/bce, ... (without validation: the latest is kept)."""
+    mode: str = "max"
     save_top_k: int = 1
     save_last: bool = True
     every_n_train_steps: int | None = None
@@ -357,8 +365,8 @@ class CheckpointConfig:
 @dataclass
 class EarlyStoppingConfig:
     enabled: bool = False
-    monitor: str = "val/total"
-    mode: str = "min"
+    monitor: str = "val/J&F"
+    mode: str = "max"
     patience: int = 10
     min_delta: float = 0.0
 

@@ -45,7 +45,11 @@ class SAM2LightningModule(L.LightningModule):
         self.model: torch.nn.Module | None = None
         self.param_report: dict[str, tuple[int, int]] = {}
         self.best_score: float | None = None
+        self.val_history: list[dict[str, float]] = []
+        """Validation metrics of each validation run, in order (the first is before training with
+        trainer.validate_first)."""
         self._fit_start = 0.0
+        self._val_acc: dict[str, float] = {}
 
     # ---- model ---------------------------------------------------------------------------------------------
     def build(self, load_weights: bool = True) -> None:
@@ -103,43 +107,80 @@ class SAM2LightningModule(L.LightningModule):
             mask_prompt_passthrough=self.config.model.mask_prompt_passthrough,
         )
 
-    def _step(self, batch: VideoBatch, stage: str) -> torch.Tensor:
-        out = self(batch)
-        total, parts = self.criterion(
+    def _loss(self, out, batch: VideoBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.criterion(
             out.mask_logits, batch.masks, batch.valid, return_components=True, ignore_mask=batch.ignore
         )
-        # training: per step; validation: the epoch's mean over batches (synchronised across ranks)
-        train = stage == "train"
-        opts = {"on_step": train, "on_epoch": not train, "batch_size": batch.shape[0], "sync_dist": not train}
-        self.log(f"{stage}/total", total.detach(), prog_bar=True, **opts)
-        for name, value in parts.items():
-            self.log(f"{stage}/{name}", value.detach(), **opts)
-        return total
 
     def training_step(self, batch: VideoBatch, batch_idx: int) -> torch.Tensor:
-        loss = self._step(batch, "train")
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, prog_bar=True)
-        return loss
+        total, parts = self._loss(self(batch), batch)
+        opts = {"on_step": True, "on_epoch": False, "batch_size": batch.shape[0]}
+        self.log("train/total", total.detach(), prog_bar=True, **opts)
+        for name, value in parts.items():
+            self.log(f"train/{name}", value.detach(), **opts)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True, **opts)
+        return total
 
     def validation_step(self, batch: VideoBatch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "val")
+        """Each validation video (or window) is tracked from its prompted first frame, streaming a few frames
+        through the encoder at a time; the loss terms and per-object J and F are accumulated for the epoch."""
+        from .model.video import run_video
+
+        assert self.model is not None
+        out = run_video(
+            self.model,
+            batch,
+            bptt=False,
+            mask_prompt_passthrough=self.config.model.mask_prompt_passthrough,
+            chunk=self.config.model.eval_chunk_frames,
+        )
+        total, parts = self._loss(out, batch)
+        bsz = batch.shape[0]
+        acc = self._val_acc
+        for name, value in {"total": total, **parts}.items():
+            acc[name] = acc.get(name, 0.0) + float(value) * bsz
+        acc["clips"] = acc.get("clips", 0.0) + bsz
+        j_sum, f_sum, objects = video_jf(out.mask_logits > 0, batch.masks > 0.5, batch.valid)
+        acc["J"] = acc.get("J", 0.0) + j_sum
+        acc["F"] = acc.get("F", 0.0) + f_sum
+        acc["objects"] = acc.get("objects", 0.0) + objects
+        return total
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_acc: dict[str, float] = {}
 
     def on_validation_epoch_end(self) -> None:
-        """Aggregate the epoch's validation metrics and remember the best score of `checkpoint.monitor` (the
-        ModelCheckpoint callback keeps the best checkpoint file)."""
+        """Aggregate the epoch's validation metrics over batches and ranks, log them, and remember the best score
+        of `checkpoint.monitor` (the ModelCheckpoint callback keeps the best checkpoint file).
+
+        Losses are means over clips; J and F are means over objects of each object's mean over its frames, and
+        J&F = (J + F) / 2, as the DAVIS evaluators compute them (at the model's input resolution here)."""
+        keys = ["total", *LOSS_TERMS, "clips", "J", "F", "objects"]
+        sums = torch.tensor(
+            [self._val_acc.get(k, 0.0) for k in keys], dtype=torch.float64, device=self.device
+        )
+        sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        acc = dict(zip(keys, sums.tolist()))
+        if acc["clips"] == 0:
+            return
+        metrics = {f"val/{k}": acc[k] / acc["clips"] for k in ("total", *LOSS_TERMS)}
+        if acc["objects"] > 0:
+            j, f = acc["J"] / acc["objects"], acc["F"] / acc["objects"]
+            metrics.update({"val/J": j, "val/F": f, "val/J&F": (j + f) / 2})
+        shown = "val/J&F" if "val/J&F" in metrics else "val/total"
+        self.log(shown, metrics[shown], prog_bar=True, sync_dist=False)
+        self.log_dict({k: v for k, v in metrics.items() if k != shown}, sync_dist=False)
         if self.trainer.sanity_checking:
             return
+        self.val_history.append(metrics)
         ck = self.config.checkpoint
-        value = self.trainer.callback_metrics.get(ck.monitor)
+        value = metrics.get(ck.monitor)
         if value is None:
             return
-        value = float(value)
-        better = self.best_score is None or (
+        if self.best_score is None or (
             value < self.best_score if ck.mode == "min" else value > self.best_score
-        )
-        if better:
+        ):
             self.best_score = value
-        self.log(f"best/{ck.monitor}", self.best_score, sync_dist=False, rank_zero_only=True)
 
     def on_fit_start(self) -> None:
         self._fit_start = time.time()
@@ -178,6 +219,30 @@ class SAM2LightningModule(L.LightningModule):
         if trainer.max_epochs and trainer.max_epochs > 0 and math.isfinite(total):
             return max(1, int(total // trainer.max_epochs))
         return max(1, int(total))
+
+
+LOSS_TERMS = ("bce", "dice", "iou", "temporal")
+
+
+def video_jf(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> tuple[float, float, int]:
+    """Sums over the valid objects of each object's mean J and mean F, and the number of objects.
+
+    pred, gt: [B, T, N, H, W] bool; valid: [B, T, N]. The first and last frames are skipped as the DAVIS
+    evaluators do when a clip has 3 frames or more.
+    """
+    from .metrics import sequence_scores
+
+    j_sum = f_sum = 0.0
+    count = 0
+    for b in range(pred.shape[0]):
+        objects = valid[b, 0].nonzero().flatten()
+        if objects.numel() == 0:
+            continue
+        scores = sequence_scores(pred[b][:, objects], gt[b][:, objects], skip_first_last=pred.shape[1] >= 3)
+        j_sum += float(scores["J"].mean(axis=1).sum())
+        f_sum += float(scores["F"].mean(axis=1).sum())
+        count += int(objects.numel())
+    return j_sum, f_sum, count
 
 
 def _main_scheduler(optimizer: torch.optim.Optimizer, cfg, unit: int) -> LRScheduler:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -14,6 +15,7 @@ from lightning.pytorch.strategies import DDPStrategy, Strategy
 
 from .callbacks import CurvesAtEnd, SaveConfig
 from .config import Config, ConfigError
+from .viz_callback import ValidationPictures
 
 _VERSION_ENV = "SAM2TRAIN_RUN_VERSION"
 
@@ -48,9 +50,22 @@ def run_version(cfg: Config) -> str:
     return version
 
 
+def _require(package: str, kind: str) -> None:
+    """A logger named in `logging.loggers` whose package is missing is a config error naming the pip extra."""
+    if importlib.util.find_spec(package) is None:
+        raise ConfigError(
+            f"config key 'logging.loggers': {kind} needs the {package} package, which is not installed; "
+            f"pip install 'sam2train[{kind}]' or remove {kind} from logging.loggers"
+        )
+
+
 def make_loggers(cfg: Config, version: str) -> list[Logger]:
+    """The loggers of `logging.loggers`, all writing into the run folder <root_dir>/<name>/<version>.
+    `logging.offline` runs wandb offline (synced later with `wandb sync`) and swanlab in its offline mode
+    (`swanlab sync`); nothing is sent over the network then."""
     log_cfg = cfg.logging
     root, name = log_cfg.root_dir, log_cfg.name
+    folder = Path(root) / name / version
     loggers: list[Logger] = []
     for kind in log_cfg.loggers:
         if kind == "tensorboard":
@@ -58,30 +73,28 @@ def make_loggers(cfg: Config, version: str) -> list[Logger]:
         elif kind == "csv":
             loggers.append(CSVLogger(root, name=name, version=version))
         elif kind == "wandb":
+            _require("wandb", kind)
             from lightning.pytorch.loggers import WandbLogger
 
-            save_dir = Path(root) / name / version
-            save_dir.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)  # wandb writes <folder>/wandb/<run>
             loggers.append(
                 WandbLogger(
                     project=log_cfg.project,
                     name=f"{name}-{version}",
-                    save_dir=str(save_dir),
+                    save_dir=str(folder),
                     offline=log_cfg.offline,
                 )
             )
         elif kind == "swanlab":
-            try:
-                from swanlab.integration.pytorch_lightning import SwanLabLogger
-            except ImportError as exc:
-                raise ConfigError(
-                    "config key 'logging.loggers': swanlab is not installed (pip install 'sam2train[swanlab]')"
-                ) from exc
+            _require("swanlab", kind)
+            from swanlab.integration.pytorch_lightning import SwanLabLogger
+
             loggers.append(
                 SwanLabLogger(
                     project=log_cfg.project,
                     experiment_name=f"{name}-{version}",
-                    logdir=str(Path(root) / name / version),
+                    log_dir=str(folder / "swanlog"),
+                    save_dir=str(folder),  # its log_dir property: the run folder, never the working directory
                     mode="offline" if log_cfg.offline else None,
                 )
             )
@@ -123,6 +136,8 @@ def make_trainer(cfg: Config, callbacks: list[L.Callback] | None = None) -> L.Tr
         every_n_train_steps=ck.every_n_train_steps,
     )
     cbs: list[L.Callback] = [checkpoint, SaveConfig(cfg), CurvesAtEnd()]
+    if has_val and cfg.logging.viz_every_n_epochs > 0:
+        cbs.append(ValidationPictures(cfg.logging.viz_every_n_epochs))
     if cfg.early_stopping.enabled and has_val:
         es = cfg.early_stopping
         cbs.append(

@@ -396,20 +396,26 @@ def tracked_objects(batch: VideoBatch) -> torch.Tensor:
     return tracked & (kind != PROMPT_NONE)
 
 
-def _track_clip_objects(
-    model: SAM2Base,
-    frames: FrameFeatures,
-    prompts: Prompts,
-    first: torch.Tensor,
-    num_frames: int,
-    t: int,
-    **kw,
-) -> list[FrameOutput]:
-    """Unroll one tracker over t frames for objects whose frame 0 is `first` [n] in `frames`."""
-    tracker = VideoTracker(model, num_frames, **kw)
-    outs = [tracker.prompt(0, frames, prompts, first)]
-    outs += [tracker.step(i, frames, first + i) for i in range(1, t)]
-    return outs
+class _ChunkedFrames:
+    """Backbone features of a [B, T] clip, encoded `chunk` frames (per clip) at a time and dropped once
+    tracking has moved past them, so the encoder's activations and features stay bounded for long videos."""
+
+    def __init__(self, model: SAM2Base, images: torch.Tensor, chunk: int | None, frozen: bool | None) -> None:
+        self.model, self.images, self.frozen = model, images, frozen
+        self.t = images.shape[1]
+        self.chunk = self.t if chunk is None else max(1, chunk)
+        self.start, self.frames = -1, None
+
+    def at(self, t: int, obj_b: torch.Tensor) -> tuple[FrameFeatures, torch.Tensor]:
+        """Features holding frame `t` of every clip, and each object's index in them ([n] long)."""
+        start = (t // self.chunk) * self.chunk
+        if start != self.start:
+            self.frames = None  # free the previous chunk before encoding the next
+            stop = min(start + self.chunk, self.t)
+            clip = self.images[:, start:stop].flatten(0, 1)
+            self.frames = encode_frames(self.model, clip, self.frozen)
+            self.start, self.length = start, stop - start
+        return self.frames, obj_b * self.length + (t - start)
 
 
 def run_video(
@@ -419,14 +425,19 @@ def run_video(
     bptt: bool = True,
     mask_prompt_passthrough: bool = True,
     frozen_image_encoder: bool | None = None,
+    chunk: int | None = None,
 ) -> VideoOutput:
     """Track every prompted object of `batch` from its first frame through the clip; all objects of the batch on
-    one object axis. In eval mode under no_grad this matches SAM2VideoPredictor frame by frame."""
+    one object axis. In eval mode under no_grad this matches SAM2VideoPredictor frame by frame.
+
+    `chunk` encodes that many frames per clip at a time (None: the whole clip in one encoder call, the fastest for
+    training clips); validation and predict stream long videos with a small chunk.
+    """
     b, t, n = batch.shape
     size = model.image_size
     tracked = tracked_objects(batch).cpu()
     obj_b, obj_n = tracked.nonzero(as_tuple=True)
-    frames = encode_frames(model, batch.images.flatten(0, 1), frozen_image_encoder)
+    frames = _ChunkedFrames(model, batch.images, chunk, frozen_image_encoder)
     prompts = _index_prompts(batch.prompts, obj_b.to(batch.images.device), obj_n.to(batch.images.device))
     # Objects whose videos give the same pointer time encoding share a tracker (usually all of them).
     lengths = [max(int(batch.num_video_frames[i]), t) for i in obj_b.tolist()]
@@ -434,17 +445,29 @@ def run_video(
     by_key: dict[int, list[int]] = {}
     for i, length in enumerate(lengths):
         by_key.setdefault(min(length, cap), []).append(i)
-    per_frame: list[list[FrameOutput]] = []
-    for members in by_key.values():
-        idx = torch.tensor(members, dtype=torch.long)
-        per_frame.append(
-            _track_clip_objects(
-                model, frames, _index_prompts(prompts, idx.to(prompts.kind.device)), obj_b[idx] * t,
-                max(lengths[i] for i in members), t, bptt=bptt, mask_prompt_passthrough=mask_prompt_passthrough,
-            )
-        )  # fmt: skip
-    order = torch.tensor([i for members in by_key.values() for i in members], dtype=torch.long)
-    frame_outs = [FrameOutput.merge([g[i] for g in per_frame], order) for i in range(t)] if per_frame else []
+    groups = [torch.tensor(members, dtype=torch.long) for members in by_key.values()]
+    trackers = [
+        VideoTracker(
+            model,
+            max(lengths[i] for i in idx.tolist()),
+            bptt=bptt,
+            mask_prompt_passthrough=mask_prompt_passthrough,
+        )
+        for idx in groups
+    ]
+    order = torch.cat(groups) if groups else torch.zeros(0, dtype=torch.long)
+    frame_outs: list[FrameOutput] = []
+    for i in range(t if groups else 0):
+        parts = []
+        for idx, tracker in zip(groups, trackers):
+            feats, where = frames.at(i, obj_b[idx])
+            if i == 0:
+                parts.append(
+                    tracker.prompt(0, feats, _index_prompts(prompts, idx.to(prompts.kind.device)), where)
+                )
+            else:
+                parts.append(tracker.step(i, feats, where))
+        frame_outs.append(FrameOutput.merge(parts, order))
     return _assemble(frame_outs, tracked, obj_b, obj_n, (b, t, n), size, batch.images)
 
 
