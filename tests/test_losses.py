@@ -209,3 +209,25 @@ def test_shape_errors(kwargs):
     args = {"pred_masks": x, "target_masks": y, **kwargs}
     with pytest.raises(ValueError, match="must be|differs"):
         SAM2TrainingLoss()(**args)
+
+
+def test_object_score_term_is_bce_against_presence_and_off_by_default() -> None:
+    logits = torch.zeros(1, 2, 2, 4, 4)
+    target = torch.zeros(1, 2, 2, 4, 4)
+    target[0, 0, 0, 1, 1] = 1.0  # object 0 present in frame 0 only; object 1 never present
+    valid = torch.tensor([[[True, True], [True, False]]])
+    scores = torch.tensor([[[2.0, -1.0], [0.5, 9.0]]], requires_grad=True)
+    plain = SAM2TrainingLoss()
+    base = plain(logits, target, valid)
+    assert torch.equal(plain(logits, target, valid, object_score_logits=scores), base)  # weight 0: spec loss
+    loss = SAM2TrainingLoss(object_score_weight=2.0)
+    total, parts = loss(logits, target, valid, return_components=True, object_score_logits=scores)
+    expected = (
+        torch.nn.functional.softplus(torch.tensor(-2.0))  # present, logit 2
+        + torch.nn.functional.softplus(torch.tensor(-1.0))  # absent, logit -1
+        + torch.nn.functional.softplus(torch.tensor(0.5))  # absent, logit 0.5 (frame 1, object 0)
+    ) / 3  # the padded entry (logit 9) is left out
+    torch.testing.assert_close(parts["object_score"], expected)
+    torch.testing.assert_close(total, base + 2.0 * expected)
+    total.backward()
+    assert scores.grad[0, 1, 1] == 0 and scores.grad[0, 0, 0] < 0 < scores.grad[0, 0, 1]

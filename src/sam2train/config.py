@@ -218,11 +218,16 @@ class LossConfig:
     dice_weight: float = 1.0
     iou_weight: float = 0.5
     temporal_weight: float = 0.1
+    object_score_weight: float = 1.0
+    """BCE on SAM 2's object-presence score (target: the object's mask is non-empty in that frame). SAM 2 pins
+    the mask of an object it scores absent at -1024 logits, which carry no gradient, so without this term a
+    model whose scores start negative (random init, or objects that leave and come back) cannot learn those
+    frames. 0 gives exactly the four-term loss of the spec."""
     smooth: float = 1e-6
 
     def __post_init__(self) -> None:
         _check_choice(self.type, "loss.type", LOSS_TYPES)
-        for name in ("bce_weight", "dice_weight", "iou_weight", "temporal_weight"):
+        for name in ("bce_weight", "dice_weight", "iou_weight", "temporal_weight", "object_score_weight"):
             _check(getattr(self, name) >= 0, f"loss.{name}", "must be >= 0")
         _check(self.smooth > 0, "loss.smooth", "must be > 0")
 

@@ -41,6 +41,7 @@ class SAM2LightningModule(L.LightningModule):
             iou_weight=loss.iou_weight,
             temporal_weight=loss.temporal_weight,
             smooth=loss.smooth,
+            object_score_weight=loss.object_score_weight,
         )
         self.model: torch.nn.Module | None = None
         self.param_report: dict[str, tuple[int, int]] = {}
@@ -109,7 +110,12 @@ class SAM2LightningModule(L.LightningModule):
 
     def _loss(self, out, batch: VideoBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.criterion(
-            out.mask_logits, batch.masks, batch.valid, return_components=True, ignore_mask=batch.ignore
+            out.mask_logits,
+            batch.masks,
+            batch.valid,
+            return_components=True,
+            ignore_mask=batch.ignore,
+            object_score_logits=out.object_score_logits if self.criterion.object_score_weight > 0 else None,
         )
 
     def training_step(self, batch: VideoBatch, batch_idx: int) -> torch.Tensor:
@@ -163,7 +169,8 @@ class SAM2LightningModule(L.LightningModule):
         acc = dict(zip(keys, sums.tolist()))
         if acc["clips"] == 0:
             return
-        metrics = {f"val/{k}": acc[k] / acc["clips"] for k in ("total", *LOSS_TERMS)}
+        terms = [k for k in ("total", *LOSS_TERMS) if k in self._val_acc]
+        metrics = {f"val/{k}": acc[k] / acc["clips"] for k in terms}
         if acc["objects"] > 0:
             j, f = acc["J"] / acc["objects"], acc["F"] / acc["objects"]
             metrics.update({"val/J": j, "val/F": f, "val/J&F": (j + f) / 2})
@@ -221,7 +228,7 @@ class SAM2LightningModule(L.LightningModule):
         return max(1, int(total))
 
 
-LOSS_TERMS = ("bce", "dice", "iou", "temporal")
+LOSS_TERMS = ("bce", "dice", "iou", "temporal", "object_score")
 
 
 def video_jf(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> tuple[float, float, int]:

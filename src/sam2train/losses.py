@@ -108,6 +108,7 @@ class SAM2TrainingLoss(nn.Module):
         iou_weight: float = 0.5,
         temporal_weight: float = 0.1,
         smooth: float = 1e-6,
+        object_score_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.bce_weight = bce_weight
@@ -115,11 +116,13 @@ class SAM2TrainingLoss(nn.Module):
         self.iou_weight = iou_weight
         self.temporal_weight = temporal_weight
         self.smooth = smooth
+        self.object_score_weight = object_score_weight
 
     def extra_repr(self) -> str:
         return (
             f"bce_weight={self.bce_weight}, dice_weight={self.dice_weight}, iou_weight={self.iou_weight}, "
-            f"temporal_weight={self.temporal_weight}, smooth={self.smooth}"
+            f"temporal_weight={self.temporal_weight}, smooth={self.smooth}, "
+            f"object_score_weight={self.object_score_weight}"
         )
 
     def forward(
@@ -129,6 +132,7 @@ class SAM2TrainingLoss(nn.Module):
         valid_masks: Tensor | None = None,
         return_components: bool = False,
         ignore_mask: Tensor | None = None,
+        object_score_logits: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """Loss of a batch of clips.
 
@@ -138,7 +142,13 @@ class SAM2TrainingLoss(nn.Module):
         ignore_mask:  [B, T, H, W] bool, True on void pixels, which leave every sum and mean (a pair of frames
                       in the temporal term drops a pixel void in either); a mask with every pixel void
                       contributes 0 to each term while still counting as valid.
-        Returns the 0-dim total, or `(total, components)` with components {"bce", "dice", "iou", "temporal"}:
+        object_score_logits: [B, T, N] SAM 2's object-presence logits; with them, the term `object_score` (BCE
+                      against "the target mask is non-empty", mean over valid entries) is added with
+                      `object_score_weight`. SAM 2 replaces the mask of an object scored absent by -1024 logits,
+                      which carry no gradient: without this term a model whose scores start negative never
+                      learns (REFERENCE.md, training from random weights).
+        Returns the 0-dim total, or `(total, components)` with components {"bce", "dice", "iou", "temporal"}
+        (plus "object_score" when object_score_logits are given):
         0-dim float32 tensors, unweighted and still attached to the graph (detach them to log).
         With no valid mask every term is 0 (finite, zero gradient); with T = 1 the temporal term is 0.
         """
@@ -173,6 +183,12 @@ class SAM2TrainingLoss(nn.Module):
                 + self.iou_weight * components["iou"]
                 + self.temporal_weight * components["temporal"]
             )
+            if object_score_logits is not None:
+                present = targets.flatten(3).amax(dim=3)  # [B, T, N]: the object is in the frame
+                scores = object_score_logits.to(device=pred_masks.device, dtype=torch.float32)
+                per = F.binary_cross_entropy_with_logits(scores, present, reduction="none")
+                components["object_score"] = valid_mean(per, valid)
+                total = total + self.object_score_weight * components["object_score"]
         if return_components:
             return total, components
         return total
