@@ -21,12 +21,13 @@ def run_dir(trainer: L.Trainer) -> Path:
 
 
 class SaveConfig(L.Callback):
-    """Writes the resolved config as `config.yaml` in the run folder and beside the checkpoints at fit start."""
+    """Writes the resolved config as `config.yaml` in the run folder and beside the checkpoints when fit starts."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after ModelCheckpoint's setup, which warns about a non-empty checkpoint folder
         if not trainer.is_global_zero:
             return
         for logger in trainer.loggers:

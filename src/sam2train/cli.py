@@ -203,7 +203,11 @@ def _lazy(module: str, name: str):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    ours = logging.getLogger("sam2train")
+    if not ours.handlers:
+        ours.addHandler(logging.StreamHandler())
+        ours.setLevel(logging.INFO)
+        ours.propagate = False
     try:
         return COMMANDS[args.command](args)
     except (UserError, FileNotFoundError) as exc:

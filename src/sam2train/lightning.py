@@ -51,6 +51,7 @@ class SAM2LightningModule(L.LightningModule):
         trainer.validate_first)."""
         self._fit_start = 0.0
         self._val_acc: dict[str, float] = {}
+        self._reported = False
 
     # ---- model ---------------------------------------------------------------------------------------------
     def build(self, load_weights: bool = True) -> None:
@@ -74,7 +75,8 @@ class SAM2LightningModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.model is None:
             self.build()
-        if self.trainer is not None and self.trainer.is_global_zero:
+        if self.trainer is not None and self.trainer.is_global_zero and not self._reported:
+            self._reported = True
             total = sum(t for t, _ in self.param_report.values())
             trainable = sum(tr for _, tr in self.param_report.values())
             print(

@@ -37,26 +37,19 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 
 def run_version(cfg: Config) -> str:
-    """The run folder's name: `logging.version`, else the next free `version_<n>`. Chosen once in the launching
-    process and handed to DDP workers through the environment so every rank writes to the same folder."""
+    """The run folder's name: `logging.version`, else the next free `version_<n>`. Chosen in the launching
+    process and handed to the DDP workers Lightning starts (they have LOCAL_RANK set) through the environment, so
+    every rank writes to the same folder. Under torchrun or SLURM, where ranks start independently, set
+    `logging.version`."""
     if cfg.logging.version:
         return cfg.logging.version
-    if _VERSION_ENV in os.environ:
+    if "LOCAL_RANK" in os.environ and _VERSION_ENV in os.environ:
         return os.environ[_VERSION_ENV]
     base = Path(cfg.logging.root_dir) / cfg.logging.name
     taken = [int(m.group(1)) for p in base.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
     version = f"version_{max(taken, default=-1) + 1}"
     os.environ[_VERSION_ENV] = version
     return version
-
-
-def _require(package: str, kind: str) -> None:
-    """A logger named in `logging.loggers` whose package is missing is a config error naming the pip extra."""
-    if importlib.util.find_spec(package) is None:
-        raise ConfigError(
-            f"config key 'logging.loggers': {kind} needs the {package} package, which is not installed; "
-            f"pip install 'sam2train[{kind}]' or remove {kind} from logging.loggers"
-        )
 
 
 def make_loggers(cfg: Config, version: str) -> list[Logger]:
