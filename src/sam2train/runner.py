@@ -52,6 +52,15 @@ def run_version(cfg: Config) -> str:
     return version
 
 
+def _require(package: str, kind: str) -> None:
+    """A logger named in `logging.loggers` whose package is missing is a config error naming the pip extra."""
+    if importlib.util.find_spec(package) is None:
+        raise ConfigError(
+            f"config key 'logging.loggers': {kind} needs the {package} package, which is not installed; "
+            f"pip install 'sam2train[{kind}]' or remove {kind} from logging.loggers"
+        )
+
+
 def make_loggers(cfg: Config, version: str) -> list[Logger]:
     """The loggers of `logging.loggers`, all writing into the run folder <root_dir>/<name>/<version>.
     `logging.offline` runs wandb offline (synced later with `wandb sync`) and swanlab in its offline mode
