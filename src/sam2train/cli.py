@@ -44,11 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--objects", type=int, default=3)
     demo.add_argument("--seed", type=int, default=0)
 
+    from .data.check import add_check_parser
     from .export import add_export_parser
     from .predict import add_predict_parser
 
     add_predict_parser(sub)
     add_export_parser(sub)
+    add_check_parser(sub)
 
     ev = sub.add_parser("evaluate", help="score predicted masks against ground truth (DAVIS J, F, J&F)")
     ev.add_argument("--pred", type=Path, required=True, help="predictions: <pred>/<sequence>/<frame>.png")
@@ -100,14 +102,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _print_summary(module, monitor: str) -> None:
-    """Where the monitored validation metric started, where it ended and its best value."""
-    values = [h[monitor] for h in module.val_history if monitor in h]
-    if not values:
-        return
+    """Where the validation loss and the monitored metric started, where they ended, and the best score."""
+    history = module.val_history
     label = "before training" if module.config.trainer.validate_first else "after epoch 0"
-    print(
-        f"{monitor}: {label} {values[0]:.4f}, after the last epoch {values[-1]:.4f}, best {module.best_score:.4f}"
-    )
+    for key in dict.fromkeys(["val/total", monitor]):
+        values = [h[key] for h in history if key in h]
+        if values:
+            print(f"{key}: {label} {values[0]:.4f}, after the last epoch {values[-1]:.4f}")
+    if module.best_score is not None:
+        print(f"best {monitor}: {module.best_score:.4f}")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -192,6 +195,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "predict": lambda args: _lazy("predict", "cmd_predict")(args),
     "export": lambda args: _lazy("export", "cmd_export")(args),
+    "check-data": lambda args: _lazy("data.check", "cmd_check_data")(args),
 }
 
 
