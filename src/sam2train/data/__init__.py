@@ -1,15 +1,24 @@
-"""Video data: sources (one reader per format), clip sampling, transforms, prompts, batches, the datamodule."""
+"""Video data: sources (one reader per format), clip sampling, transforms, prompts, batches, the datamodule.
 
-from .batch import Prompts, VideoBatch, VideoSample, collate_videos
-from .source_base import DataError
+Names are imported on first use, so the CLI can build its parser (and `sam2train --help` answer) without torch.
+"""
 
-__all__ = ["DataError", "Prompts", "SAM2LightningDataModule", "VideoBatch", "VideoSample", "collate_videos"]
+from __future__ import annotations
+
+from importlib import import_module
+
+_WHERE = {
+    "DataError": ".source_base",
+    "Prompts": ".batch",
+    "VideoBatch": ".batch",
+    "VideoSample": ".batch",
+    "collate_videos": ".batch",
+    "SAM2LightningDataModule": ".datamodule",
+}
+__all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str):
-    # the datamodule pulls in Lightning; import it only when asked for
-    if name == "SAM2LightningDataModule":
-        from .datamodule import SAM2LightningDataModule
-
-        return SAM2LightningDataModule
-    raise AttributeError(name)
+    if name in _WHERE:
+        return getattr(import_module(_WHERE[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
