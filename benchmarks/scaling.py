@@ -1,0 +1,154 @@
+"""Step time and peak memory against clip length T and object count N, ours vs Meta's trainer.
+
+    python benchmarks/scaling.py [--frames 2,4,8,16] [--objects 1,2,4,8,16] [--fixed-frames 8]
+        [--fixed-objects 3] [train_step.py's options: --device --model --image-size --prompt --precision
+        --trainable --steps --warmup --threads ...] [--out-dir benchmarks/results]
+
+Two sweeps: T over --frames with N = --fixed-objects, and N over --objects with T = --fixed-frames (defaults 8
+and 3, Meta's recipe, capped at the largest value of the other sweep so a quick `--frames 2,4 --objects 1,2`
+stays small). Every point is measured as train_step.py measures one setting (its functions, imported): both
+sides built once with the same weights, alternated step by step, memory in a child process per side and point.
+Writes scaling_<device>.png (time and memory, against T and against N) and scaling_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_step.py beside this file
+import train_step as ts  # noqa: E402
+
+SWEEPS = {"frames": "clip length T (frames)", "objects": "objects N"}
+
+
+def _ints(text: str) -> list[int]:
+    values = sorted({int(v) for v in text.split(",") if v.strip()})
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return values
+
+
+def grid(
+    frames: list[int], objects: list[int], fixed_frames: int, fixed_objects: int
+) -> list[tuple[str, int, int]]:
+    """(sweep, T, N) for the T sweep then the N sweep."""
+    return [("frames", t, fixed_objects) for t in frames] + [("objects", fixed_frames, n) for n in objects]
+
+
+def run(base: ts.Settings, points: list[tuple[str, int, int]]) -> dict[str, Any]:
+    """Measure every point (a (T, N) in both sweeps is measured once) with one pair of models."""
+    ts.apply_threads(base)
+    result = ts.header(base, "scaling")
+    sides = ts.build_sides(base)
+    result["trainable_params"] = ts.trainable_params(sides)
+    measured: dict[tuple[int, int], dict[str, Any]] = {}
+    rows = []
+    for sweep, t, n in points:
+        if (t, n) not in measured:
+            print(f"T={t} N={n} ...", flush=True)
+            measured[t, n] = ts.measure_point(sides, replace(base, frames=t, objects=n))
+        rows.append({"sweep": sweep, "frames": t, "objects": n, **measured[t, n]})
+    result["points"] = rows
+    result["environment"]["load_avg_end"] = ts._load_avg()
+    return result
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Rows: step time (median, min-max band) and peak memory; columns: against T and against N."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7.5), squeeze=False)
+    mem_label = (
+        "peak RSS (MB)" if result["points"][0]["ours"]["memory"]["kind"] == "rss" else "peak alloc (MB)"
+    )
+    for col, (sweep, xlabel) in enumerate(SWEEPS.items()):
+        rows = [r for r in result["points"] if r["sweep"] == sweep]
+        xs = [r[sweep] for r in rows]
+        for side, style in (("ours", "o-"), ("meta", "s--")):
+            label = "ours" if side == "ours" else "Meta SAM2Train"
+            med = [r[side]["step_s"]["median"] for r in rows]
+            lo = [r[side]["step_s"]["min"] for r in rows]
+            hi = [r[side]["step_s"]["max"] for r in rows]
+            (line,) = axes[0, col].plot(xs, med, style, label=label)
+            axes[0, col].fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2)
+            axes[1, col].plot(xs, [r[side]["memory"]["peak_mb"] for r in rows], style, label=label)
+        fixed = "objects" if sweep == "frames" else "frames"
+        title = f"{fixed} = {rows[0][fixed]}" if rows else ""
+        for row, ylabel in enumerate(("step time (s)", mem_label)):
+            ax = axes[row, col]
+            ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+            if len(set(xs)) > 1:
+                ax.set_xscale("log", base=2)
+            ax.set_xticks(xs, [str(x) for x in xs])
+            ax.grid(alpha=0.3)
+            ax.legend()
+    s = result["settings"]
+    fig.suptitle(
+        f"{result['device']}: {s['model']}, {s['image_size']} px, {s['prompt']} prompts, precision "
+        f"{s['precision']}, {result['trainable_params']:,} trainable"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [
+        f"{'T':>3} {'N':>3} {'ours s':>8} {'Meta s':>8} {'speed':>6} {'ours MB':>8} {'Meta MB':>8} {'mem':>5}"
+    ]
+    seen = set()
+    for r in result["points"]:
+        if (r["frames"], r["objects"]) in seen:
+            continue
+        seen.add((r["frames"], r["objects"]))
+        o, m, q = r["ours"], r["meta"], r["ratios"]
+        lines.append(
+            f"{r['frames']:>3} {r['objects']:>3} {o['step_s']['median']:>8.3f} {m['step_s']['median']:>8.3f} "
+            f"{q['speed_ours_over_meta']:>6.2f} {o['memory']['peak_mb']:>8.0f} {m['memory']['peak_mb']:>8.0f} "
+            f"{q['peak_memory_ours_over_meta']:>5.2f}"
+        )
+    lines.append(
+        "speed: ours frames/s over Meta's (>1 ours faster); mem: ours peak over Meta's (<1 ours smaller)"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ts.add_settings_args(parser)
+    parser.add_argument("--frames", type=_ints, default=[2, 4, 8, 16], help="T values, e.g. 2,4,8,16")
+    parser.add_argument("--objects", type=_ints, default=[1, 2, 4, 8, 16], help="N values, e.g. 1,2,4,8,16")
+    parser.add_argument("--fixed-frames", type=int, help="T of the N sweep (default: min(8, max --frames))")
+    parser.add_argument("--fixed-objects", type=int, help="N of the T sweep (default: min(3, max --objects))")
+    parser.add_argument("--out-dir", type=Path, default=ts.RESULTS)
+    args = parser.parse_args(argv)
+    fixed_t = args.fixed_frames or min(8, max(args.frames))
+    fixed_n = args.fixed_objects or min(3, max(args.objects))
+    points = grid(args.frames, args.objects, fixed_t, fixed_n)
+    base = ts.settings_from_args(args, points[0][1], points[0][2])
+    result = run(base, points)
+    result["grid"] = {
+        "frames": args.frames,
+        "objects": args.objects,
+        "fixed_frames": fixed_t,
+        "fixed_objects": fixed_n,
+    }
+    print(format_table(result))
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    stem = args.out_dir / f"scaling_{result['device']}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, stem.with_suffix(".png"))
+    print(f"wrote {stem}.json and {stem}.png")
+    return result
+
+
+if __name__ == "__main__":
+    main()
