@@ -1,15 +1,28 @@
-"""Callbacks specific to SAM 2 fine-tuning: config beside the checkpoints, final metrics, curves at the end."""
+"""Callbacks specific to SAM 2 fine-tuning: config beside the checkpoints, final metrics, curves at the end; and
+never losing a run: atomic checkpoint files, a resumable `last.ckpt` on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .config import Config, to_yaml
+
+log = logging.getLogger("sam2train")
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -95,3 +108,131 @@ def write_final_metrics(trainer: L.Trainer, module: Any, wall_time: float) -> Pa
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2))
     return out
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint to a hidden temporary file beside it, fsyncs it and renames it into place: a crash or
+    `kill -9` during a save leaves the previous file whole, never a truncated one. Remote paths (`s3://...`) go
+    through Lightning's writer unchanged."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed process
+            stale.unlink(missing_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the rename itself survives a power cut
+        finally:
+            os.close(fd)
+
+
+class SaveOnInterrupt(L.Callback):
+    """When fit stops on Ctrl-C or SIGTERM, saves `last.ckpt` with the whole training state (weights, optimizer,
+    schedule, loop and data position, RNG), so `sam2train fit ... --ckpt last` continues where it stopped.
+
+    SIGTERM (and a first Ctrl-C under `sam2train fit`, see `stop_signals`) lets Lightning finish the current
+    batch before it stops. Any other exception after a SIGTERM (data workers that got it too) and a bare
+    KeyboardInterrupt are saved when they came outside the weight update on a single process; otherwise the
+    checkpoints written so far are kept as they are.
+    """
+
+    def __init__(self) -> None:
+        self.saved: Path | None = None
+        """The checkpoint written on the interrupt."""
+        self.interrupted = False
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        graceful = isinstance(exception, SIGTERMException)
+        if not (graceful or isinstance(exception, KeyboardInterrupt) or trainer.received_sigterm):
+            return
+        self.interrupted = True
+        if trainer.state.fn != "fit":
+            return
+        if not graceful and (trainer.world_size > 1 or getattr(pl_module, "updating_weights", False)):
+            log.warning("interrupted during the weight update or on several ranks: no checkpoint written now")
+            return
+        ckpt = trainer.checkpoint_callback
+        folder = Path(ckpt.dirpath) if isinstance(ckpt, ModelCheckpoint) and ckpt.dirpath else None
+        folder = folder or Path(trainer.default_root_dir) / "checkpoints"
+        path = folder / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+        trainer.save_checkpoint(path, weights_only=False)
+        self.saved = path
+
+
+class StopRequest:
+    """The first stop signal the main process received (None: none came)."""
+
+    def __init__(self) -> None:
+        self.signal: signal.Signals | None = None
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[StopRequest]:
+    """Ctrl-C and SIGTERM in the main process of `sam2train fit`.
+
+    While Lightning runs, its own SIGTERM handler is installed (ours runs after it and does nothing): it finishes
+    the current batch and stops with SIGTERMException, which SaveOnInterrupt turns into a checkpoint. A first
+    Ctrl-C is handed to that handler; a second one interrupts at once. Outside Lightning both interrupt at once
+    (KeyboardInterrupt). Processes forked from this one get the default action (data workers ignore both).
+    """
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request  # signal handlers can only be set from the main thread
+        return
+    main_pid = os.getpid()
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if os.getpid() != main_pid:
+            _default_action(signum)
+            return
+        request.signal = request.signal or signal.SIGTERM
+        if signal.getsignal(signal.SIGTERM) is on_sigterm:  # Lightning is not running: nothing to finish
+            raise KeyboardInterrupt("SIGTERM")
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if os.getpid() != main_pid:
+            _default_action(signum)
+            return
+        again, request.signal = request.signal is not None, request.signal or signal.SIGINT
+        lightning_handler = signal.getsignal(signal.SIGTERM)
+        if again or lightning_handler is on_sigterm or not callable(lightning_handler):
+            raise KeyboardInterrupt
+        print(
+            "\nsam2train: Ctrl-C: stopping after this batch and saving last.ckpt "
+            "(Ctrl-C again: stop at once, unsaved)",
+            file=sys.stderr,
+        )
+        lightning_handler(signal.SIGTERM, frame)
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield request
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
+def _default_action(signum: int) -> None:
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)

@@ -78,23 +78,43 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
+    import shlex
+    import signal
+
     import lightning as L
 
+    from .callbacks import SaveOnInterrupt, stop_signals
     from .data.datamodule import SAM2LightningDataModule
     from .lightning import SAM2LightningModule
     from .runner import make_trainer
 
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    ckpt = _last_checkpoint(cfg) if args.ckpt == "last" else args.ckpt
-    if ckpt is not None and not Path(ckpt).is_file():
-        raise FileNotFoundError(f"--ckpt: checkpoint file not found: {ckpt}")
-    datamodule = SAM2LightningDataModule(cfg)
-    datamodule.setup("fit")  # every source is checked here, before the model is built
-    module = SAM2LightningModule(cfg)
-    trainer = make_trainer(cfg)
-    if cfg.trainer.validate_first and datamodule.val_set is not None and ckpt is None:
-        trainer.validate(module, datamodule=datamodule, verbose=False)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    with stop_signals() as stop:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        ckpt = _last_checkpoint(cfg) if args.ckpt == "last" else args.ckpt
+        if ckpt is not None and not Path(ckpt).is_file():
+            raise FileNotFoundError(f"--ckpt: checkpoint file not found: {ckpt}")
+        datamodule = SAM2LightningDataModule(cfg)
+        datamodule.setup("fit")  # every source is checked here, before the model is built
+        module = SAM2LightningModule(cfg)
+        trainer = make_trainer(cfg)
+        saver = next(c for c in trainer.callbacks if isinstance(c, SaveOnInterrupt))
+        try:
+            if cfg.trainer.validate_first and datamodule.val_set is not None and ckpt is None:
+                trainer.validate(module, datamodule=datamodule, verbose=False)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+        except BaseException:
+            # Lightning ends a run stopped by SIGTERM (or our first Ctrl-C) with SIGTERMException, and one
+            # stopped by KeyboardInterrupt with sys.exit(1), after SaveOnInterrupt has run
+            if not saver.interrupted:
+                raise
+            if trainer.is_global_zero:
+                if saver.saved is not None:
+                    resume = shlex.join(["sam2train", "fit", "--config", str(args.config), *args.overrides])
+                    print(f"sam2train fit: stopped; saved {saver.saved}", file=sys.stderr)
+                    print(f"resume with: {resume} --ckpt last", file=sys.stderr)
+                else:
+                    print("sam2train fit: stopped; no checkpoint written now", file=sys.stderr)
+            return 128 + int(stop.signal or signal.SIGINT)
     if trainer.is_global_zero:
         _print_summary(module, cfg.checkpoint.monitor)
         print(f"run folder: {trainer.default_root_dir}")

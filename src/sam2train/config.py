@@ -301,6 +301,9 @@ class TrainerConfig:
     deterministic: bool = False
     validate_first: bool = False
     """Validate once before training, so the logs and final_metrics.json show where the run started."""
+    max_bad_steps: int = 20
+    """A step whose loss or gradient is NaN/Inf is skipped (logged as train/skipped_steps); this many in a row stop
+    the run with an error, keeping the last checkpoint."""
 
     def __post_init__(self) -> None:
         self.precision = str(self.precision)
@@ -314,6 +317,7 @@ class TrainerConfig:
         )
         _check(self.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", "must be >= 1")
         _check(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", "must be >= 1")
+        _check(self.max_bad_steps >= 1, "trainer.max_bad_steps", "must be >= 1")
         for key in ("val_check_interval", "limit_train_batches", "limit_val_batches"):
             value = getattr(self, key)
             _check(

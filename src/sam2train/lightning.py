@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 import warnings
 from dataclasses import replace
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR, StepLR
 
-from .config import Config, config_from_dict, to_dict
+from .config import Config, UserError, config_from_dict, to_dict
 from .data.batch import PROMPT_MASK, Prompts, VideoBatch
 from .losses import SAM2TrainingLoss
 
@@ -24,6 +26,12 @@ log = logging.getLogger("sam2train")
 
 CONFIG_KEY = "sam2train_config"
 """Where a Lightning checkpoint carries its resolved config (also in hyper_parameters['config'])."""
+RESUME_KEY = "sam2train_resume"
+"""Where a checkpoint carries what a resumed run needs beyond Lightning's state: RNG states, the step guard."""
+
+
+class NonFiniteLossError(UserError):
+    """`trainer.max_bad_steps` consecutive optimizer steps had a NaN/Inf loss or gradient."""
 
 
 class SAM2LightningModule(L.LightningModule):
@@ -52,6 +60,12 @@ class SAM2LightningModule(L.LightningModule):
         self._fit_start = 0.0
         self._val_acc: dict[str, float] = {}
         self._reported = False
+        self.skipped_steps = 0
+        """Optimizer steps skipped for a non-finite loss or gradient (logged as train/skipped_steps)."""
+        self._bad_streak = 0
+        self._bad_loss: torch.Tensor | None = None  # any non-finite loss since the last optimizer step
+        self.updating_weights = False
+        """True from the optimizer's update to the end of the batch: an interrupt then leaves no clean state."""
 
     # ---- model ---------------------------------------------------------------------------------------------
     def build(self, load_weights: bool = True) -> None:
@@ -87,9 +101,19 @@ class SAM2LightningModule(L.LightningModule):
         # weights come from the checkpoint itself: build the network without reading model.checkpoint
         if self.model is None:
             self.build(load_weights=False)
+        resume = checkpoint.get(RESUME_KEY)
+        if resume is not None and self._trainer is not None and self._trainer.state.fn == "fit":
+            self.skipped_steps, self._bad_streak = resume["skipped_steps"], resume["bad_streak"]
+            _set_rng_states(resume["rng"])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CONFIG_KEY] = to_dict(self.config)
+        # the RNG states make a resumed run draw the same dropout as an uninterrupted one
+        checkpoint[RESUME_KEY] = {
+            "skipped_steps": self.skipped_steps,
+            "bad_streak": self._bad_streak,
+            "rng": _rng_states(),
+        }
 
     # ---- forward -------------------------------------------------------------------------------------------
     def forward(self, images: Any, masks: torch.Tensor | None = None, prompts: Prompts | None = None):
@@ -127,7 +151,58 @@ class SAM2LightningModule(L.LightningModule):
         for name, value in parts.items():
             self.log(f"train/{name}", value.detach(), **opts)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True, **opts)
+        # checked in on_before_optimizer_step, once per (accumulated) step: no device sync here
+        bad = ~torch.isfinite(total.detach())
+        self._bad_loss = bad if self._bad_loss is None else self._bad_loss | bad
         return total
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip the update when this step's loss or gradient is NaN/Inf: the gradients are dropped, so the
+        optimizer leaves weights and its state as they are (the LR schedule still advances, as with GradScaler).
+        Under 16-mixed, GradScaler owns infinite gradients (it skips the step and lowers the scale); only a
+        non-finite loss counts there."""
+        bad = self._bad_loss if self._bad_loss is not None else torch.zeros((), dtype=torch.bool)
+        self._bad_loss = None
+        if getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            grads = [
+                p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None
+            ]
+            if grads:
+                bad = bad.to(grads[0].device) | ~torch.isfinite(torch.nn.utils.get_total_norm(grads))
+        if self.trainer.world_size > 1:  # every rank skips, counts and stops together
+            bad = self.trainer.strategy.reduce(bad.float().to(self.device), reduce_op="max") > 0
+        if bool(bad):
+            optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            self._bad_streak += 1
+            self._check_bad_streak()
+        else:
+            self._bad_streak = 0
+            self.updating_weights = True
+        self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+
+    def _check_bad_streak(self) -> None:
+        limit = self.config.trainer.max_bad_steps
+        step = self.trainer.global_step
+        if self._bad_streak >= limit:
+            ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
+            raise NonFiniteLossError(
+                f"config key 'trainer.max_bad_steps': {limit} optimizer steps in a row (up to step {step}) had a "
+                f"NaN/Inf loss or gradient and were skipped; stopped. Last checkpoint (good weights): {ckpt}. "
+                "Try a lower optimizer.lr, trainer.precision=32 (or bf16-mixed instead of 16-mixed), "
+                "or trainer.gradient_clip_val"
+            )
+        if self.trainer.is_global_zero:
+            log.warning(
+                "step %d: non-finite loss or gradient, optimizer step skipped (%d in a row; "
+                "trainer.max_bad_steps=%d stops the run)",
+                step,
+                self._bad_streak,
+                limit,
+            )
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.updating_weights = False
 
     def validation_step(self, batch: VideoBatch, batch_idx: int) -> torch.Tensor:
         """Each validation video (or window) is tracked from its prompted first frame, streaming a few frames
@@ -252,6 +327,28 @@ def video_jf(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> tuple
         f_sum += float(scores["F"].mean(axis=1).sum())
         count += int(objects.numel())
     return j_sum, f_sum, count
+
+
+def _rng_states() -> dict[str, Any]:
+    """The global RNG states, as types a `weights_only` checkpoint load accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def _main_scheduler(optimizer: torch.optim.Optimizer, cfg, unit: int) -> LRScheduler:

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProg
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy, Strategy
 
-from .callbacks import CurvesAtEnd, SaveConfig
+from .callbacks import AtomicCheckpointIO, CurvesAtEnd, SaveConfig, SaveOnInterrupt
 from .config import Config, ConfigError
 from .viz_callback import ValidationPictures
 
@@ -120,7 +120,8 @@ def resolve_strategy(cfg: Config) -> str | Strategy:
 
 def make_trainer(cfg: Config, callbacks: list[L.Callback] | None = None) -> L.Trainer:
     """A Trainer for `cfg`: TensorBoard + CSV logs in one run folder, best and last checkpoints (with the config
-    inside and beside them), optional early stopping, the configured precision, clipping and accumulation."""
+    inside and beside them), optional early stopping, the configured precision, clipping and accumulation.
+    Checkpoint files are written atomically, and Ctrl-C or SIGTERM during fit saves a resumable `last.ckpt`."""
     t = cfg.trainer
     version = run_version(cfg)
     loggers = make_loggers(cfg, version)
@@ -137,7 +138,7 @@ def make_trainer(cfg: Config, callbacks: list[L.Callback] | None = None) -> L.Tr
         save_last=ck.save_last,
         every_n_train_steps=ck.every_n_train_steps,
     )
-    cbs: list[L.Callback] = [checkpoint, SaveConfig(cfg), CurvesAtEnd()]
+    cbs: list[L.Callback] = [checkpoint, SaveConfig(cfg), CurvesAtEnd(), SaveOnInterrupt()]
     if has_val and cfg.logging.viz_every_n_epochs > 0:
         cbs.append(ValidationPictures(cfg.logging.viz_every_n_epochs))
     if cfg.early_stopping.enabled and has_val:
@@ -172,5 +173,6 @@ def make_trainer(cfg: Config, callbacks: list[L.Callback] | None = None) -> L.Tr
         default_root_dir=str(folder),
         enable_progress_bar=cfg.logging.progress_bar != "none",
         use_distributed_sampler=False,  # EpochSampler shards across ranks itself
+        plugins=[AtomicCheckpointIO()],
         **kwargs,
     )

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
 import lightning as L
 import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader
 
 from ..config import Config
@@ -37,6 +45,52 @@ def source_skipped(source: VideoSource) -> str:
     return ", ".join(f"{k} ({v})" for k, v in skipped.items()) or "none"
 
 
+def worker_init(worker_id: int, rank: int = 0) -> None:
+    """Data workers ignore Ctrl-C (a terminal sends it to the whole process group: the main process stops the
+    run and shuts them down) and exit quietly on SIGTERM, so a SIGTERM sent to every process (SLURM, systemd)
+    lets the main process finish its step and save instead of failing on a worker killed by a signal. Then
+    Lightning's worker seeding."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_quietly)
+    pl_worker_init_function(worker_id, rank=rank)
+
+
+def _exit_quietly(signum: int, frame: Any) -> None:
+    os._exit(0)
+
+
+class ResumableLoader(DataLoader):
+    """The training loader, resumable mid-epoch. Lightning's fit loop saves the `state_dict` of a loader that has
+    one in every checkpoint and loads it on resume, before it first iterates the loader.
+
+    The position saved is `progress()` batches, the batches the training loop has finished in this epoch, read at
+    save time: batches that data workers or Lightning's fetcher have prefetched are not consumed and come again
+    after a resume. Each pass draws the epoch `epoch()` names (the sampler keeps a loaded epoch for its first pass).
+    """
+
+    def __init__(
+        self, *args: Any, progress: Callable[[], int], epoch: Callable[[], int], **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.progress = progress
+        self.epoch = epoch
+
+    def __iter__(self) -> Any:
+        self.sampler.set_epoch(self.epoch())
+        return super().__iter__()
+
+    def state_dict(self) -> dict[str, Any]:
+        sampler = self.sampler
+        assert isinstance(sampler, EpochSampler) and self.batch_size is not None
+        sampler.consumed = min(len(sampler), self.progress() * self.batch_size)
+        return {"sampler": sampler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        sampler = self.sampler
+        assert isinstance(sampler, EpochSampler)
+        sampler.load_state_dict(state["sampler"])
+
+
 class SAM2LightningDataModule(L.LightningDataModule):
     """Training clips and validation videos from `config.data`, batched as VideoBatch.
 
@@ -66,15 +120,32 @@ class SAM2LightningDataModule(L.LightningDataModule):
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
+    def _batches_done(self) -> int:
+        """Training batches finished in the current epoch (Lightning's progress, restored on resume). An epoch
+        the training loop has finished counts whole, also when `limit_train_batches` ended it early."""
+        trainer = self.trainer
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return sys.maxsize if done >= trainer.num_training_batches else done
+
+    def _epoch(self) -> int:
+        """The epoch the training loop is about to run. While it resumes, `current_epoch` may still be the
+        finished one; later, after a restart at an epoch end, Lightning's own `set_epoch` value is one ahead."""
+        loop = self.trainer.fit_loop
+        return loop.epoch_progress.current.processed if loop.is_resuming else self.trainer.current_epoch
+
     def _loader(self, dataset: ClipDataset, train: bool) -> DataLoader:
         data = self.config.data
         rank, world = self._rank()
         sampler = EpochSampler(
             len(dataset), shuffle=train, seed=self.config.seed, rank=rank, world_size=world
         )
+        trainer = getattr(self, "trainer", None)
         # whole-video validation clips differ in length: one video per batch
         batch_size = data.batch_size if train or data.val_clip_length is not None else 1
-        return DataLoader(
+        resumable = train and trainer is not None
+        cls = ResumableLoader if resumable else DataLoader
+        extra = {"progress": self._batches_done, "epoch": self._epoch} if resumable else {}
+        return cls(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
@@ -83,6 +154,10 @@ class SAM2LightningDataModule(L.LightningDataModule):
             pin_memory=data.pin_memory and torch.cuda.is_available(),
             persistent_workers=data.num_workers > 0,
             drop_last=False,
+            worker_init_fn=partial(worker_init, rank=rank) if data.num_workers > 0 else None,
+            # the loader's base seed comes from here, not from the global RNG the model's dropout uses
+            generator=torch.Generator().manual_seed(self.config.seed + rank),
+            **extra,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -97,11 +97,15 @@ def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
 
 
 class EpochSampler(Sampler[int]):
-    """Index sampler that shards across ranks itself and encodes the epoch into each index.
+    """Index sampler that shards across ranks itself, encodes the epoch into each index, and resumes mid-epoch.
 
     It yields `epoch * len(dataset) + i`, so the dataset can seed sample i of this epoch without any state shared
     with data workers. Shuffles with (seed, epoch) in training; sequential in validation. With several ranks each
     gets an interleaved shard; training shards are padded by repetition to equal length (as DistributedSampler).
+
+    `state_dict()` holds the epoch of the pass in progress and `consumed`, how many of its indices the training
+    loop has used (set by whoever drives the loop: `ResumableLoader` counts the batches Lightning finished, never
+    what the workers prefetched). After `load_state_dict` the next pass continues that order where it stopped.
     """
 
     def __init__(self, size: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
@@ -111,9 +115,28 @@ class EpochSampler(Sampler[int]):
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
+        """The epoch of the next pass."""
+        self.consumed = 0
+        """Indices of the current pass already used by the training loop (saved by state_dict)."""
+        self._pass_epoch = 0
+        self._resume_at: int | None = None
+        """Set by load_state_dict: where the next pass starts in its epoch's shard."""
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        # a loaded state names the epoch of the next pass (Lightning's count is one ahead after some restarts)
+        if self._resume_at is None:
+            self.epoch = epoch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._pass_epoch, "consumed": self.consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue at `state`: the next pass skips the indices its epoch already consumed; a finished epoch
+        continues with the next one."""
+        epoch, consumed = int(state["epoch"]), int(state["consumed"])
+        if consumed >= len(self):
+            epoch, consumed = epoch + 1, 0
+        self.epoch, self.consumed, self._resume_at = epoch, consumed, consumed
 
     def _order(self) -> list[int]:
         if not self.shuffle:
@@ -124,7 +147,9 @@ class EpochSampler(Sampler[int]):
         return (order * self.world_size)[: per_rank * self.world_size]
 
     def __iter__(self) -> Iterator[int]:
-        shard = self._order()[self.rank :: self.world_size]
+        skip, self._resume_at = self._resume_at or 0, None  # only the first pass after a load resumes
+        self._pass_epoch = self.epoch
+        shard = self._order()[self.rank :: self.world_size][skip:]
         offset = self.epoch * self.size if self.shuffle else 0
         return iter(offset + i for i in shard)
 
