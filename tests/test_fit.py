@@ -123,3 +123,20 @@ def test_ddp_with_two_cpu_processes(demo_data: Path, tmp_path: Path) -> None:
     final = json.loads((run / "final_metrics.json").read_text())
     assert final["global_steps"] == 2
     assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_fit_runs_the_fast_data_check_first(demo_data: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    from PIL import Image
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_data, data)
+    bad = sorted((data / "train" / "Annotations").glob("*/00002.png"))[0]
+    mask = Image.open(bad)
+    mask.crop((0, 0, mask.width - 6, mask.height)).save(bad)  # 6 px narrower than its frame: an error
+    args = ["fit", "--config", str(DEMO), *_overrides(data, tmp_path / "runs")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "data error" in err and bad.name in err and bad.parent.name in err
+    assert not (tmp_path / "runs").exists()  # stopped before any run folder was made

@@ -93,8 +93,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         ckpt = _last_checkpoint(cfg) if args.ckpt == "last" else args.ckpt
         if ckpt is not None and not Path(ckpt).is_file():
             raise FileNotFoundError(f"--ckpt: checkpoint file not found: {ckpt}")
+        _check_data_fast(cfg)
         datamodule = SAM2LightningDataModule(cfg)
-        datamodule.setup("fit")  # every source is checked here, before the model is built
+        datamodule.setup("fit")  # every source is opened and checked here, before the model is built
         module = SAM2LightningModule(cfg)
         trainer = make_trainer(cfg)
         saver = next(c for c in trainer.callbacks if isinstance(c, SaveOnInterrupt))
@@ -119,6 +120,24 @@ def cmd_fit(args: argparse.Namespace) -> int:
         _print_summary(module, cfg.checkpoint.monitor)
         print(f"run folder: {trainer.default_root_dir}")
     return 0
+
+
+def _check_data_fast(cfg) -> None:
+    """The fast part of `check-data` (headers, masks, schema, lengths; no full decode) before a fit: every error
+    found stops the run listing each file; warnings are printed."""
+    from .data.check import check_sources
+    from .data.source_base import DataError
+
+    if not cfg.data.check_at_setup:
+        return
+    problems = check_sources(cfg, fast=True)
+    errors = [p for p in problems if p.severity == "error"]
+    for p in problems:
+        if p.severity == "warning":
+            print(f"data warning: {p}", file=sys.stderr)
+    if errors:
+        listed = "\n  ".join(str(p) for p in errors)
+        raise DataError(f"{len(errors)} data error(s) (sam2train check-data lists them all):\n  {listed}")
 
 
 def _print_summary(module, monitor: str) -> None:

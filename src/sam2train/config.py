@@ -122,6 +122,9 @@ class DataConfig:
     """Training augmentations on/off (validation never augments)."""
     aug: AugmentConfig = field(default_factory=AugmentConfig)
     pin_memory: bool = True
+    check_at_setup: bool = True
+    """`fit` first runs the fast part of `sam2train check-data` (headers, masks, JSON schema, clip lengths) and
+    stops on any error; turn off for very large datasets already checked."""
 
     def __post_init__(self) -> None:
         if self.format is not None:
