@@ -244,16 +244,29 @@ def _lazy(module: str, name: str):
     return getattr(importlib.import_module(f"sam2train.{module}"), name)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record is emitted (not when the handler was made), so repeated
+    in-process calls (tests, notebooks) whose stderr was swapped keep logging."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     ours = logging.getLogger("sam2train")
     if not ours.handlers:
-        ours.addHandler(logging.StreamHandler())
+        ours.addHandler(_StderrHandler())
         ours.setLevel(logging.INFO)
         ours.propagate = False
     try:
         return COMMANDS[args.command](args)
-    except (UserError, FileNotFoundError) as exc:
+    except (UserError, FileNotFoundError, FileExistsError) as exc:
         # ConfigError, DataError, CheckpointError: one line naming the file or key, no traceback
         print(f"sam2train {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sam2train.config import UserError
 from sam2train.viz import save_palette_png
 
 MARKER = "demo_dataset.json"
@@ -75,23 +76,21 @@ def _check_args(
     ):
         if not _is_int(value) or value < low or (high is not None and value > high):
             bounds = f"between {low} and {high}" if high is not None else f">= {low}"
-            raise ValueError(f"{name} must be an integer {bounds}, got {value!r}")
+            raise UserError(f"{name} must be an integer {bounds}, got {value!r}")
     if not _is_int(seed) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise UserError(f"seed must be a non-negative integer, got {seed!r}")
     if not isinstance(size, tuple | list) or len(size) != 2 or not all(_is_int(s) and s > 0 for s in size):
-        raise ValueError(f"size must be (height, width) with two positive integers, got {size!r}")
+        raise UserError(f"size must be (height, width) with two positive integers, got {size!r}")
     height, width = int(size[0]), int(size[1])
     rows, cols = _grid(objects, height, width)
     if min(height / rows, width / cols) < 8:
-        raise ValueError(
+        raise UserError(
             f"size {height}x{width} is too small for objects={objects}: each object needs an 8x8 px cell in frame 0"
         )
     if val_videos is None:
         val_videos = min(videos - 1, max(1, round(videos / 4))) if videos >= 2 else 0
     if not _is_int(val_videos) or not 0 <= val_videos < videos:
-        raise ValueError(
-            f"val_videos must be an integer in 0..videos-1 = 0..{videos - 1}, got {val_videos!r}"
-        )
+        raise UserError(f"val_videos must be an integer in 0..videos-1 = 0..{videos - 1}, got {val_videos!r}")
     return DemoParams(int(videos), int(frames), height, width, int(objects), int(seed), int(val_videos))
 
 

@@ -147,7 +147,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError:
         # Lightning checkpoints may pickle objects (hyper-parameters, callback states) that the safe
         # unpickler refuses; the user named this file as their own checkpoint.
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise CheckpointError(f"{path}: not a readable torch checkpoint: {exc}") from exc
     except Exception as exc:
         raise CheckpointError(f"{path}: not a readable torch checkpoint: {exc}") from exc
     if not isinstance(obj, dict):
