@@ -16,13 +16,13 @@ import yaml
 from omegaconf import MISSING, OmegaConf  # noqa: F401  (MISSING re-exported for recipes written in Python)
 from omegaconf.errors import OmegaConfBaseException
 
-DATA_FORMATS = ("davis", "coco_video", "sav")
+DATA_FORMATS = ("davis", "coco_video", "sav", "youtube_vos")
 PROMPT_TYPES = ("mask", "box", "point", "mixed")
 OPTIMIZERS = ("AdamW", "Adam")
 SCHEDULERS = ("CosineAnnealingLR", "StepLR")
 PRECISIONS = ("auto", "32", "32-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64", "64-true")
 LOGGERS = ("tensorboard", "csv", "wandb", "swanlab")
-LOSS_TYPES = ("sam2train",)
+LOSS_TYPES = ("sam2train", "sam2")
 TRAINABLE_GROUPS = (
     "image_encoder",
     "memory_attention",
@@ -93,6 +93,29 @@ class AugmentConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One training source of `data.train` (several are mixed by weight)."""
+
+    path: str = MISSING
+    """A dataset folder or JSON file, as data.train_path."""
+    format: str | None = None
+    """davis | coco_video | sav | youtube_vos; detected from the path when null."""
+    images_root: str | None = None
+    """Folder that JSON `file_name`s are relative to (default: the JSON file's folder)."""
+    videos: list[str] | None = None
+    """Use only these videos of the source; null means all."""
+    weight: float = 1.0
+    """Relative share of this source's clips in each epoch (the epoch length stays the sum of all sources')."""
+    name: str | None = None
+    """Label in logs and errors (default: the path's name)."""
+
+    def __post_init__(self) -> None:
+        if self.format is not None:
+            _check_choice(self.format, "data.train[].format", DATA_FORMATS)
+        _check(self.weight > 0, "data.train[].weight", f"must be > 0, got {self.weight}")
+
+
+@dataclass
 class DataConfig:
     """Where the videos are and how clips are cut from them."""
 
@@ -106,6 +129,9 @@ class DataConfig:
     """Folder that `file_name` in JSON formats is relative to (default: the JSON file's folder)."""
     train_videos: list[str] | None = None
     """Use only these videos of train_path (a fixed split); null means all."""
+    train: list[SourceConfig] | None = None
+    """Several training sources mixed by weight, each {path, format, images_root, videos, weight}; replaces
+    train_path / train_videos when given."""
     val_videos: list[str] | None = None
     """Use only these videos of val_path; null means all."""
     clip_length: int = 8
@@ -122,6 +148,13 @@ class DataConfig:
     """Training augmentations on/off (validation never augments)."""
     aug: AugmentConfig = field(default_factory=AugmentConfig)
     pin_memory: bool = True
+    persistent_workers: bool = True
+    """Keep data-loader workers alive between epochs (no re-fork, warm readers)."""
+    reverse_time_prob: float = 0.0
+    """Training: probability of playing a clip backwards (Meta's reverse-time augmentation)."""
+    track_later_objects: bool = True
+    """Objects first annotated after a clip's (or video's) first frame are prompted on their first annotated
+    frame, in training and validation, and scored from there; false keeps only objects of the first frame."""
     check_at_setup: bool = True
     """`fit` first runs the fast part of `sam2train check-data` (headers, masks, JSON schema, clip lengths) and
     stops on any error; turn off for very large datasets already checked."""
@@ -139,6 +172,8 @@ class DataConfig:
         _check(self.batch_size >= 1, "data.batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
         _check(self.max_objects >= 1, "data.max_objects", f"must be >= 1, got {self.max_objects}")
+        _check(0.0 <= self.reverse_time_prob <= 1.0, "data.reverse_time_prob", "must be in [0, 1]")
+        _check(self.train is None or len(self.train) > 0, "data.train", "lists no source")
 
 
 @dataclass
@@ -159,6 +194,16 @@ class ModelConfig:
     """A mask-prompted frame outputs the prompt itself (as Meta's trainer) instead of the decoder's prediction."""
     eval_chunk_frames: int = 8
     """Validation streams each video through the image encoder this many frames at a time (bounded memory)."""
+    activation_checkpointing: bool = False
+    """Recompute memory attention, memory encoder and mask decoder activations in backward (less memory, ~20-30%
+    more compute)."""
+    compile_image_encoder: bool = False
+    """torch.compile the image encoder (first steps slower while it compiles)."""
+    cache_features: bool = False
+    """Frozen image encoder and no image augmentation: keep each frame's backbone features on disk (fp16,
+    memory-mapped) and skip the encoder after the first epoch. Keyed by checkpoint, config, resolution and frame."""
+    cache_dir: str | None = None
+    """Where the feature cache lives (default: <logging.root_dir>/feature_cache)."""
 
     def __post_init__(self) -> None:
         _check(
@@ -171,6 +216,7 @@ class ModelConfig:
         )
         for i, name in enumerate(self.trainable_modules):
             _check_choice(name, f"model.trainable_modules[{i}]", TRAINABLE_GROUPS)
+        _check(self.eval_chunk_frames >= 1, "model.eval_chunk_frames", "must be >= 1")
 
 
 @dataclass
@@ -194,6 +240,22 @@ class PromptsConfig:
     """Positive clicks; the first is the interior point farthest from the boundary, the rest random inside."""
     num_neg_points: int = 0
     """Negative clicks, random outside the object."""
+    first_point: str = "center"
+    """The first positive click: `center` (interior point farthest from the boundary) or `uniform` (random inside,
+    as Meta's trainer)."""
+    max_cond_frames: int = 1
+    """Training: each clip is conditioned on 1 to this many frames (its first frame plus random others, each
+    prompted like the first from its ground truth)."""
+    frames_to_correct: int = 0
+    """Training: objects prompted with points or a box get correction clicks on their conditioning frames plus
+    random others, up to this many frames in all (drawn between the number of conditioning frames and this);
+    0 disables correction clicks."""
+    num_correction_points: int = 7
+    """Correction clicks per corrected frame, added one after another, each from the current error region."""
+    correction_from_gt_prob: float = 0.0
+    """Probability that a correction click is drawn from the ground truth instead of the error region."""
+    corrections_as_cond: bool = True
+    """A frame that received correction clicks becomes a conditioning frame of the memory (as Meta's recipe)."""
 
     def __post_init__(self) -> None:
         _check_choice(self.type, "prompts.type", PROMPT_TYPES)
@@ -210,11 +272,55 @@ class PromptsConfig:
             )
         _check(self.num_pos_points >= 1, "prompts.num_pos_points", "must be >= 1")
         _check(self.num_neg_points >= 0, "prompts.num_neg_points", "must be >= 0")
+        _check_choice(self.first_point, "prompts.first_point", ("center", "uniform"))
+        _check(self.max_cond_frames >= 1, "prompts.max_cond_frames", "must be >= 1")
+        _check(
+            self.frames_to_correct == 0 or self.frames_to_correct >= self.max_cond_frames,
+            "prompts.frames_to_correct",
+            f"must be 0 or >= prompts.max_cond_frames ({self.max_cond_frames}), got {self.frames_to_correct}",
+        )
+        _check(self.num_correction_points >= 1, "prompts.num_correction_points", "must be >= 1")
+        _check(0 <= self.correction_from_gt_prob <= 1, "prompts.correction_from_gt_prob", "must be in [0, 1]")
+
+
+@dataclass
+class Sam2LossConfig:
+    """Meta's training loss (`loss.type: sam2`, as training.loss_fns.MultiStepMultiMasksAndIous), summed over
+    frames and prompting steps and divided by the number of objects (averaged over ranks)."""
+
+    mask_weight: float = 20.0
+    """Sigmoid focal loss weight (Meta's loss_mask)."""
+    dice_weight: float = 1.0
+    iou_weight: float = 1.0
+    """Regression of the predicted IoU on the true IoU of the thresholded mask."""
+    class_weight: float = 1.0
+    """Object-score loss (Meta's loss_class)."""
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    class_focal_alpha: float = -1.0
+    """Alpha of the object-score focal loss (-1: no weighting; with gamma 0 this is plain BCE)."""
+    class_focal_gamma: float = 0.0
+    iou_loss: str = "l1"
+    """l1 | mse."""
+    supervise_all_iou: bool = True
+    """The IoU term covers every multimask output (else only the one that gets the mask gradient)."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "mask_weight",
+            "dice_weight",
+            "iou_weight",
+            "class_weight",
+            "focal_gamma",
+            "class_focal_gamma",
+        ):
+            _check(getattr(self, name) >= 0, f"loss.sam2.{name}", "must be >= 0")
+        _check_choice(self.iou_loss, "loss.sam2.iou_loss", ("l1", "mse"))
 
 
 @dataclass
 class LossConfig:
-    """SAM2TrainingLoss weights."""
+    """`type: sam2train` is the spec's SAM2TrainingLoss (the keys below); `type: sam2` is Meta's (`loss.sam2`)."""
 
     type: str = "sam2train"
     bce_weight: float = 1.0
@@ -227,6 +333,7 @@ class LossConfig:
     model whose scores start negative (random init, or objects that leave and come back) cannot learn those
     frames. 0 gives exactly the four-term loss of the spec."""
     smooth: float = 1e-6
+    sam2: Sam2LossConfig = field(default_factory=Sam2LossConfig)
 
     def __post_init__(self) -> None:
         _check_choice(self.type, "loss.type", LOSS_TYPES)
@@ -242,9 +349,25 @@ class OptimizerConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    image_encoder_lr: float | None = None
+    """Learning rate of the image encoder (null: `lr`)."""
+    layer_decay: float = 1.0
+    """Layer-wise lr decay over the Hiera trunk blocks: block i of L gets decay^(L - i) times the encoder lr
+    (patch embedding decay^(L + 1)); 1 disables."""
+    no_weight_decay: list[str] = field(default_factory=lambda: ["bias", "norm", "pos_embed"])
+    """Parameters without weight decay: names containing one of these (`norm` also matches every parameter of
+    a normalisation layer)."""
 
     def __post_init__(self) -> None:
         _check_choice(self.type, "optimizer.type", OPTIMIZERS)
+        _check(
+            self.image_encoder_lr is None or self.image_encoder_lr > 0,
+            "optimizer.image_encoder_lr",
+            "must be > 0",
+        )
+        _check(
+            0 < self.layer_decay <= 1, "optimizer.layer_decay", f"must be in (0, 1], got {self.layer_decay}"
+        )
         _check(self.lr > 0, "optimizer.lr", f"must be > 0, got {self.lr}")
         _check(self.weight_decay >= 0, "optimizer.weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check(
@@ -262,6 +385,8 @@ class SchedulerConfig:
     T_max: int = 10
     """CosineAnnealingLR period, in scheduler intervals."""
     eta_min: float = 1e-6
+    eta_min_ratio: float | None = None
+    """Cosine floor as a fraction of each parameter group's own lr (Meta's recipe: 0.1); replaces eta_min."""
     step_size: int = 10
     """StepLR period, in scheduler intervals."""
     gamma: float = 0.1
@@ -275,6 +400,11 @@ class SchedulerConfig:
         _check_choice(self.interval, "scheduler.interval", ("epoch", "step"))
         _check(self.T_max >= 1, "scheduler.T_max", "must be >= 1")
         _check(self.eta_min >= 0, "scheduler.eta_min", "must be >= 0")
+        _check(
+            self.eta_min_ratio is None or 0 <= self.eta_min_ratio <= 1,
+            "scheduler.eta_min_ratio",
+            "must be in [0, 1]",
+        )
         _check(self.step_size >= 1, "scheduler.step_size", "must be >= 1")
         _check(0 < self.gamma <= 1, "scheduler.gamma", "must be in (0, 1]")
         _check(self.warmup_steps >= 0, "scheduler.warmup_steps", "must be >= 0")

@@ -54,6 +54,10 @@ class VideoSample:
     object_ids: torch.Tensor
     orig_size: tuple[int, int]
     num_video_frames: int
+    prompt_frames: torch.Tensor | None = None
+    cond_frames: torch.Tensor | None = None
+    correct_frames: torch.Tensor | None = None
+    seed: int = 0
 
 
 @dataclass
@@ -67,6 +71,8 @@ class VideoBatch:
     prompts: Prompts with a leading B axis (kind [B, N], point_coords [B, N, P, 2], ...)
     video_names: B names; frame_indices [B, T]; object_ids [B, N] (-1 for padding);
     orig_sizes [B, 2] (height, width); num_video_frames [B]
+    prompt_frames [B, N] long (0 for padding); cond_frames [B, C] and correct_frames [B, F] long, -1 padded;
+    seeds [B] long: the schedule of VideoSample, batched (None: all objects prompted on frame 0, nothing else)
     """
 
     images: torch.Tensor
@@ -79,6 +85,10 @@ class VideoBatch:
     object_ids: torch.Tensor
     orig_sizes: torch.Tensor
     num_video_frames: torch.Tensor
+    prompt_frames: torch.Tensor | None = None
+    cond_frames: torch.Tensor | None = None
+    correct_frames: torch.Tensor | None = None
+    seeds: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -156,4 +166,20 @@ def collate_videos(samples: list[VideoSample]) -> VideoBatch:
         object_ids=torch.stack(obj_ids),
         orig_sizes=torch.tensor([list(s.orig_size) for s in samples], dtype=torch.long),
         num_video_frames=torch.tensor([s.num_video_frames for s in samples], dtype=torch.long),
+        prompt_frames=torch.stack(
+            [_pad(_frames(s.prompt_frames, s.masks.shape[1]), 0, n_max, 0) for s in samples]
+        ),
+        cond_frames=_stack_padded([s.cond_frames for s in samples]),
+        correct_frames=_stack_padded([s.correct_frames for s in samples]),
+        seeds=torch.tensor([s.seed for s in samples], dtype=torch.long),
     )
+
+
+def _frames(t: torch.Tensor | None, n: int) -> torch.Tensor:
+    return torch.zeros(n, dtype=torch.long) if t is None else t.long()
+
+
+def _stack_padded(rows: list[torch.Tensor | None]) -> torch.Tensor:
+    """[B, max length] long, -1 padded (a None row is empty)."""
+    rows = [torch.zeros(0, dtype=torch.long) if r is None else r.long() for r in rows]
+    return torch.stack([_pad(r, 0, max(len(x) for x in rows), -1) for r in rows])
