@@ -1,8 +1,8 @@
 """Test helpers that write one small dataset in each storage layout the sources read.
 
-`make_davis` draws a synthetic DAVIS palette dataset; `davis_to_per_object`, `davis_to_coco` and
-`davis_to_sav` rewrite a DAVIS dataset (one PNG per frame, no resolution folder) in the other layouts,
-object ids preserved.
+`make_davis` draws a synthetic DAVIS palette dataset; `davis_to_per_object`, `davis_to_coco`, `davis_to_sav` and
+`davis_to_ytvos` rewrite a DAVIS dataset (one PNG per frame, no resolution folder) in the other layouts, object
+ids preserved; `sav_like_meta` adds the keys of a real SA-V train JSON.
 """
 
 from __future__ import annotations
@@ -164,3 +164,55 @@ def davis_to_sav(src: Path, dst: Path) -> Path:
         content = {"video_id": name, "video_height": h, "video_width": w, "fps": 24, "masklet": rows}
         (dst / f"{name}_manual.json").write_text(json.dumps(content))
     return dst
+
+
+def davis_to_ytvos(src: Path, dst: Path, step: int = 5) -> Path:
+    """YouTube-VOS layout: frame t becomes `%05d` of t * step (every 5th frame, as the train split), PNGs copied
+    (palette ids kept) and `meta.json` listing each object's frames (those whose PNG holds it), category
+    `cat<id>`. DAVIS frames without a PNG stay unannotated JPGs (as in `train_all_frames`)."""
+    meta: dict[str, dict] = {}
+    for name, frames, masks in _davis_videos(src):
+        (dst / "JPEGImages" / name).mkdir(parents=True)
+        (dst / "Annotations" / name).mkdir(parents=True)
+        objects: dict[str, dict] = {}
+        for frame in frames:
+            stem = f"{int(frame.stem) * step:05d}"
+            shutil.copy(frame, dst / "JPEGImages" / name / f"{stem}.jpg")
+            labels = masks.get(frame.stem)
+            if labels is None:
+                continue
+            save_palette(dst / "Annotations" / name / f"{stem}.png", labels)
+            for obj in sorted(set(np.unique(labels).tolist()) - {0, 255}):
+                objects.setdefault(str(obj), {"category": f"cat{obj}", "frames": []})["frames"].append(stem)
+        meta[name] = {"objects": objects}
+    (dst / "meta.json").write_text(json.dumps({"videos": meta}))
+    return dst
+
+
+def sav_like_meta(masklet: list, ids: list[int], kind: str = "manual") -> dict:
+    """The other keys of a real SA-V train JSON (sav_000001_manual.json): sizes as floats, masklet ids and stats
+    the readers do not need."""
+    h, w = next(seg["size"] for row in masklet if row for seg in row if seg)
+    n = len(ids)
+    return {
+        "video_id": "sav_000001",
+        "video_duration": 20.125,
+        "video_frame_count": float(4 * len(masklet)),
+        "video_height": float(h),
+        "video_width": float(w),
+        "video_resolution": float(h * w),
+        "video_environment": "Indoor",
+        "video_split": "train",
+        "masklet": masklet,
+        "masklet_id": ids,
+        "masklet_size_rel": [0.01] * n,
+        "masklet_size_abs": [100.0] * n,
+        "masklet_size_bucket": ["medium"] * n,
+        "masklet_visibility_changes": [0] * n,
+        "masklet_first_appeared_frame": [0.0] * n,
+        "masklet_frame_count": [len(masklet)] * n,
+        "masklet_edited_frame_count": [0] * n,
+        "masklet_type": [kind] * n,
+        "masklet_stability_score": [None] * n,
+        "masklet_num": n,
+    }

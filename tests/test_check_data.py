@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from layouts import davis_to_coco, davis_to_sav, make_davis, save_palette
+from layouts import davis_to_coco, davis_to_sav, davis_to_ytvos, make_davis, rle, sav_like_meta, save_palette
 from sam2train.cli import main
 from sam2train.config import load_config
 from sam2train.data.check import ERROR, INFO, WARNING, check_sources
@@ -48,13 +48,14 @@ def listed(lines: list[str], *parts: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- clean data
-@pytest.mark.parametrize("layout", ["davis", "coco_video", "sav"])
+@pytest.mark.parametrize("layout", ["davis", "coco_video", "sav", "youtube_vos"])
 def test_clean_dataset_exits_0(tmp_path, capsys, layout):
     davis = make_davis(tmp_path / "davis", n_videos=2)
     path = {
         "davis": lambda: davis,
         "coco_video": lambda: davis_to_coco(davis, davis / "ann.json"),
         "sav": lambda: davis_to_sav(davis, tmp_path / "sav"),
+        "youtube_vos": lambda: davis_to_ytvos(davis, tmp_path / "ytvos"),
     }[layout]()
     config = write_config(tmp_path, train_path=str(path), val_path=str(path), clip_length=3)
     status, found, summary = check(capsys, config)
@@ -146,6 +147,51 @@ def test_no_video_long_enough_is_an_error(tmp_path, capsys):
     status, found, _ = check(capsys, write_config(tmp_path, train_path=str(davis), clip_length=8))
     assert status == 1
     assert listed(found[ERROR], "no usable video with at least data.clip_length=8 annotated frames")
+
+
+def test_youtube_vos_disagreements_with_meta_json(tmp_path, capsys):
+    ytvos = davis_to_ytvos(make_davis(tmp_path / "davis", n_videos=3), tmp_path / "ytvos")
+    meta = json.loads((ytvos / "meta.json").read_text())
+    meta["videos"]["video0"]["objects"]["7"] = {"category": "dog", "frames": ["00000"]}
+    meta["videos"]["video1"]["objects"]["3"]["frames"].remove("00020")  # in the PNG, not listed: a warning
+    (ytvos / "meta.json").write_text(json.dumps(meta))
+    (ytvos / "Annotations" / "video2" / "00005.png").unlink()
+    (ytvos / "JPEGImages" / "extra").mkdir()
+    status, found, summary = check(capsys, write_config(tmp_path, train_path=str(ytvos), clip_length=2))
+    assert status == 1
+    assert listed(
+        found[ERROR], "Annotations/video0 [video0]", "object 7 ('dog') is listed in meta.json but is in none"
+    )
+    assert listed(
+        found[ERROR],
+        "video2/00005.png [video2]",
+        "frame 00005 is listed in meta.json (object 1) but has no mask PNG",
+    )
+    assert listed(
+        found[WARNING], "video1/00020.png [video1]", "object 3 is in PNGs of frames meta.json does not list"
+    )
+    assert listed(found[WARNING], "JPEGImages/extra [extra]", "video skipped: not listed in meta.json")
+    assert summary == "2 errors, 2 warnings in 3 videos (15 frames)"
+
+
+def test_sav_real_keys_and_automatic_masklets(tmp_path, capsys):
+    sav = davis_to_sav(make_davis(tmp_path / "davis", n_videos=2, unannotated=()), tmp_path / "sav")
+    for name in ("video0", "video1"):
+        masklet = json.loads((sav / f"{name}_manual.json").read_text())["masklet"]
+        ids = list(range(len(masklet[0])))
+        content = {**sav_like_meta(masklet, ids), "fps": 24}
+        (sav / f"{name}_manual.json").write_text(json.dumps(content))
+        auto = {**content, "masklet": [[rle(np.ones((64, 64), bool))] for _ in masklet], "masklet_id": [0]}
+        (sav / f"{name}_auto.json").write_text(json.dumps(auto))
+    (sav / "video2_auto.json").write_text((sav / "video0_auto.json").read_text())
+    status, found, summary = check(capsys, write_config(tmp_path, train_path=str(sav), clip_length=3))
+    assert status == 0 and found[ERROR] == []
+    assert listed(found[WARNING], "video2_auto.json [video2]", "video skipped: only automatic masklets")
+    assert summary == "0 errors, 1 warning in 3 videos (10 frames)"
+    for p in sav.glob("*_manual.json"):
+        p.unlink()
+    status, found, _ = check(capsys, write_config(tmp_path, train_path=str(sav), clip_length=3))
+    assert listed(found[WARNING], "no *_manual.json: reading the automatic masklets (*_auto.json)")
 
 
 # ---------------------------------------------------------------------------------------------- real data

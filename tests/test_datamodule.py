@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from layouts import davis_to_coco, davis_to_per_object
+from layouts import davis_to_coco, davis_to_per_object, davis_to_ytvos
 from sam2train.cli import main
 from sam2train.config import load_config
 from sam2train.data.batch import PROMPT_NONE, VideoBatch
@@ -83,18 +83,19 @@ def test_same_seed_same_batches_with_zero_or_two_workers(demo: Path) -> None:
     assert any(not torch.equal(x.images, y.images) for x, y in zip(a, other_epoch))
 
 
-def test_the_three_layouts_give_identical_samples(demo: Path, tmp_path: Path) -> None:
+def test_the_layouts_give_identical_samples(demo: Path, tmp_path: Path) -> None:
     import shutil
 
     per_object = davis_to_per_object(demo / "train", tmp_path / "per_object")
     shutil.copytree(demo / "train", tmp_path / "coco")
     coco = davis_to_coco(tmp_path / "coco", tmp_path / "coco" / "train.json")
+    ytvos = davis_to_ytvos(demo / "train", tmp_path / "ytvos")  # frame numbers x5, the same annotated frames
     configs = [
-        _cfg(demo / "train", "prompts.type=point", "prompts.num_neg_points=1"),
-        _cfg(per_object, "prompts.type=point", "prompts.num_neg_points=1"),
-        _cfg(coco, "prompts.type=point", "prompts.num_neg_points=1"),
+        _cfg(path, "prompts.type=point", "prompts.num_neg_points=1")
+        for path in (demo / "train", per_object, coco, ytvos)
     ]
     samples = [open_split(cfg, train=True)[1][i] for cfg in configs for i in (0, 5)]
+    assert samples[-1].frame_indices.tolist() == [5 * i for i in samples[1].frame_indices.tolist()]
     for k in range(2):
         ref = samples[k]
         for other in samples[2 + k :: 2]:

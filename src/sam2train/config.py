@@ -416,7 +416,9 @@ class TrainerConfig:
 
     accelerator: str = "auto"
     devices: Any = "auto"
-    """`auto`, a count, or a list of device indices."""
+    """`auto`, a count, or a list of device indices: the devices (processes) per node."""
+    num_nodes: int = 1
+    """Machines in a multi-node run (torchrun `--nnodes`, SLURM `--nodes`); world size = num_nodes x devices."""
     precision: str = "auto"
     """32 | 16-mixed | bf16-mixed | auto (bf16-mixed or 16-mixed on CUDA, 32 on CPU)."""
     max_epochs: int = 50
@@ -430,7 +432,9 @@ class TrainerConfig:
     limit_val_batches: Any = None
     num_sanity_val_steps: int = 0
     strategy: str = "auto"
-    """auto | ddp | ddp_find_unused_parameters_true | fsdp | ... (Lightning's names)."""
+    """auto | ddp | fsdp | ... (Lightning's names). `ddp` finds unused parameters only when the trainable set
+    needs it; `fsdp` shards parameters, gradients and optimizer state, one unit per repeated SAM 2 block (GPUs, or
+    gloo on CPU)."""
     deterministic: bool = False
     validate_first: bool = False
     """Validate once before training, so the logs and final_metrics.json show where the run started."""
@@ -451,6 +455,7 @@ class TrainerConfig:
         _check(self.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", "must be >= 1")
         _check(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", "must be >= 1")
         _check(self.max_bad_steps >= 1, "trainer.max_bad_steps", "must be >= 1")
+        _check(self.num_nodes >= 1, "trainer.num_nodes", "must be >= 1")
         for key in ("val_check_interval", "limit_train_batches", "limit_val_batches"):
             value = getattr(self, key)
             _check(

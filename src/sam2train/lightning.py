@@ -16,11 +16,13 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR, StepLR
+from torch.optim.lr_scheduler import LRScheduler
 
 from .config import Config, UserError, config_from_dict, to_dict
 from .data.batch import PROMPT_MASK, Prompts, VideoBatch
 from .losses import SAM2TrainingLoss
+from .losses_sam2 import SAM2OfficialLoss
+from .optim import build_optimizer, build_scheduler, main_scheduler, needs_steps_per_epoch
 
 log = logging.getLogger("sam2train")
 
@@ -42,15 +44,7 @@ class SAM2LightningModule(L.LightningModule):
         super().__init__()
         self.config = config if isinstance(config, Config) else config_from_dict(config)
         self.save_hyperparameters({"config": to_dict(self.config)})
-        loss = self.config.loss
-        self.criterion = SAM2TrainingLoss(
-            bce_weight=loss.bce_weight,
-            dice_weight=loss.dice_weight,
-            iou_weight=loss.iou_weight,
-            temporal_weight=loss.temporal_weight,
-            smooth=loss.smooth,
-            object_score_weight=loss.object_score_weight,
-        )
+        self.criterion = build_criterion(self.config)
         self.model: torch.nn.Module | None = None
         self.param_report: dict[str, tuple[int, int]] = {}
         self.best_score: float | None = None
@@ -132,13 +126,24 @@ class SAM2LightningModule(L.LightningModule):
             batch,
             bptt=self.config.model.bptt,
             mask_prompt_passthrough=self.config.model.mask_prompt_passthrough,
+            prompts_cfg=self.config.prompts if self.training else None,
         )
 
     def _loss(self, out, batch: VideoBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The configured loss on the entries that have a prediction (objects from their prompt frame on)."""
+        if isinstance(self.criterion, SAM2OfficialLoss):
+            return self.criterion(
+                out.step_multimask_logits,
+                out.step_iou_pred,
+                out.step_object_score_logits,
+                out.step_valid & batch.valid[..., None],
+                batch.masks,
+                ignore_mask=batch.ignore,
+            )
         return self.criterion(
             out.mask_logits,
             batch.masks,
-            batch.valid,
+            batch.valid & out.active,
             return_components=True,
             ignore_mask=batch.ignore,
             object_score_logits=out.object_score_logits if self.criterion.object_score_weight > 0 else None,
@@ -223,7 +228,7 @@ class SAM2LightningModule(L.LightningModule):
         for name, value in {"total": total, **parts}.items():
             acc[name] = acc.get(name, 0.0) + float(value) * bsz
         acc["clips"] = acc.get("clips", 0.0) + bsz
-        j_sum, f_sum, objects = video_jf(out.mask_logits > 0, batch.masks > 0.5, batch.valid)
+        j_sum, f_sum, objects = video_jf(out.mask_logits > 0, batch.masks > 0.5, batch.valid & out.active)
         acc["J"] = acc.get("J", 0.0) + j_sum
         acc["F"] = acc.get("F", 0.0) + f_sum
         acc["objects"] = acc.get("objects", 0.0) + objects
@@ -277,25 +282,17 @@ class SAM2LightningModule(L.LightningModule):
 
     # ---- optimisation --------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        opt_cfg, sch_cfg = self.config.optimizer, self.config.scheduler
-        params = [p for p in self.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError("model.trainable_modules leaves no trainable parameter")
-        cls = torch.optim.AdamW if opt_cfg.type == "AdamW" else torch.optim.Adam
-        optimizer = cls(params, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay, betas=tuple(opt_cfg.betas))
-        if not sch_cfg.enabled:
+        """AdamW/Adam over the parameter groups of `optim.param_groups` (encoder lr, Hiera layer decay, no weight
+        decay on biases and norms) and the warmup + cosine/step schedule of `optim.build_scheduler`."""
+        assert self.model is not None, "call setup() or build() first"
+        sch_cfg = self.config.scheduler
+        optimizer = build_optimizer(self.model, self.config.optimizer)
+        # the trainer's epoch length is read only when epoch lengths must become steps (it may load data)
+        steps_per_epoch = self._steps_per_epoch() if needs_steps_per_epoch(sch_cfg) else 1
+        scheduler = build_scheduler(optimizer, sch_cfg, steps_per_epoch)
+        if scheduler is None:
             return optimizer
-        per_step = sch_cfg.interval == "step" or sch_cfg.warmup_steps > 0
-        # With warmup the whole schedule runs per optimizer step; epoch lengths are converted to steps.
-        unit = self._steps_per_epoch() if sch_cfg.interval == "epoch" and per_step else 1
-        scheduler = _main_scheduler(optimizer, sch_cfg, unit)
-        if sch_cfg.warmup_steps > 0:
-            warmup = LinearLR(optimizer, start_factor=1e-3, end_factor=1.0, total_iters=sch_cfg.warmup_steps)
-            scheduler = SequentialLR(optimizer, [warmup, scheduler], milestones=[sch_cfg.warmup_steps])
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step" if per_step else "epoch"},
-        }
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def _steps_per_epoch(self) -> int:
         trainer = self.trainer
@@ -305,27 +302,48 @@ class SAM2LightningModule(L.LightningModule):
         return max(1, int(total))
 
 
-LOSS_TERMS = ("bce", "dice", "iou", "temporal", "object_score")
+LOSS_TERMS = ("bce", "dice", "iou", "temporal", "object_score", "mask", "class")
+"""Every term either loss reports (`sam2train`: bce ... object_score; `sam2`: mask, dice, iou, class)."""
+
+
+def build_criterion(config: Config) -> torch.nn.Module:
+    """The loss `loss.type` names: the spec's SAM2TrainingLoss, or Meta's (`SAM2OfficialLoss`, loss.sam2)."""
+    loss = config.loss
+    if loss.type == "sam2":
+        return SAM2OfficialLoss.from_config(loss.sam2)
+    return SAM2TrainingLoss(
+        bce_weight=loss.bce_weight,
+        dice_weight=loss.dice_weight,
+        iou_weight=loss.iou_weight,
+        temporal_weight=loss.temporal_weight,
+        smooth=loss.smooth,
+        object_score_weight=loss.object_score_weight,
+    )
 
 
 def video_jf(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> tuple[float, float, int]:
-    """Sums over the valid objects of each object's mean J and mean F, and the number of objects.
+    """Sums over the scored objects of each object's mean J and mean F, and the number of objects.
 
-    pred, gt: [B, T, N, H, W] bool; valid: [B, T, N]. The first and last frames are skipped as the DAVIS
-    evaluators do when a clip has 3 frames or more.
+    pred, gt: [B, T, N, H, W] bool; valid: [B, T, N], True from each object's prompt frame on (an object
+    appearing later is scored from there). As the DAVIS / YouTube-VOS evaluators do, an object's prompt frame and
+    the clip's last frame are not scored (when that leaves at least one frame).
     """
     from .metrics import sequence_scores
 
     j_sum = f_sum = 0.0
     count = 0
+    t = pred.shape[1]
     for b in range(pred.shape[0]):
-        objects = valid[b, 0].nonzero().flatten()
-        if objects.numel() == 0:
-            continue
-        scores = sequence_scores(pred[b][:, objects], gt[b][:, objects], skip_first_last=pred.shape[1] >= 3)
-        j_sum += float(scores["J"].mean(axis=1).sum())
-        f_sum += float(scores["F"].mean(axis=1).sum())
-        count += int(objects.numel())
+        for n in valid[b].any(dim=0).nonzero().flatten().tolist():
+            start = int(valid[b, :, n].nonzero()[0])
+            frames = slice(start, t)
+            skip = t - start >= 3
+            scores = sequence_scores(
+                pred[b, frames, n : n + 1], gt[b, frames, n : n + 1], skip_first_last=skip
+            )
+            j_sum += float(scores["J"].mean())
+            f_sum += float(scores["F"].mean())
+            count += 1
     return j_sum, f_sum, count
 
 
@@ -352,9 +370,7 @@ def _set_rng_states(states: dict[str, Any]) -> None:
 
 
 def _main_scheduler(optimizer: torch.optim.Optimizer, cfg, unit: int) -> LRScheduler:
-    if cfg.type == "CosineAnnealingLR":
-        return CosineAnnealingLR(optimizer, T_max=cfg.T_max * unit, eta_min=cfg.eta_min)
-    return StepLR(optimizer, step_size=cfg.step_size * unit, gamma=cfg.gamma)
+    return main_scheduler(optimizer, cfg, unit)
 
 
 def as_video_batch(

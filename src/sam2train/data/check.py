@@ -1,7 +1,8 @@
 """`sam2train check-data`: scan every video of the configured data and list every problem with its file.
 
-The readers (sources.py, sources_json.py) raise on the first fatal problem; this scan keeps going and reports all
-of them, grouped by severity (docs/data-checks.md lists every check and message):
+The readers (sources.py, sources_json.py, sources_ytvos.py) raise on the first fatal problem; this scan keeps going
+and reports all of them, for every configured source (each entry of `data.train`, or `data.train_path`, and
+`data.val_path`), grouped by severity (docs/data-checks.md lists every check and message):
 - error: `fit` would stop (a reader's DataError) or would fail or train on garbage later (an undecodable frame,
   an RLE that does not decode, values that are not object ids);
 - warning: `fit` goes on but leaves something out or changes it (a skipped video, a resized mask), or the data
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..config import Config
+    from .source_base import SourceSpec
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 SEVERITIES = (ERROR, WARNING, INFO)
@@ -90,7 +92,8 @@ class _Video:
 
 # ------------------------------------------------------------------------------------------------- entry points
 def check_sources(cfg: Config, fast: bool, splits: Sequence[str] = ("train", "val")) -> list[Problem]:
-    """Every problem of the configured sources (`data.train_path`, `data.val_path` when set), in scan order.
+    """Every problem of the configured sources (every source of `data.train`, or `data.train_path`, and
+    `data.val_path`, when set), in scan order.
 
     fast: headers and what the readers read anyway (mask PNGs, JSON schema, sizes, ids, short videos), no full
     decode of frames or RLE strings. Without it every frame and RLE is decoded and the reader itself is run
@@ -101,10 +104,14 @@ def check_sources(cfg: Config, fast: bool, splits: Sequence[str] = ("train", "va
 
 def run_checks(cfg: Config, splits: Sequence[str], fast: bool) -> Report:
     """The Report of `check_sources`, with the counts of videos and frames scanned."""
+    from .source_base import configured_sources
+
     report = Report()
     for split in splits:
-        if (cfg.data.train_path if split == "train" else cfg.data.val_path) is not None:
-            _check_split(cfg, split == "train", fast, report)
+        train = split == "train"
+        specs = configured_sources(cfg, train)
+        for spec in specs:
+            _check_source(cfg, spec, train, fast, report, several=len(specs) > 1)
     return report
 
 
@@ -146,10 +153,11 @@ def add_check_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_check_data(args: argparse.Namespace) -> int:
     """Print the report; 1 when it holds errors, else 0."""
     from ..config import ConfigError, load_config
+    from .source_base import configured_sources
 
     cfg = load_config(args.config, args.overrides)
     splits = ("train", "val") if args.split == "both" else (args.split,)
-    unset = [f"data.{s}_path" for s in splits if getattr(cfg.data, f"{s}_path") is None]
+    unset = [f"data.{s}_path" for s in splits if not configured_sources(cfg, s == "train")]
     if len(unset) == len(splits):
         raise ConfigError(f"config key '{unset[0]}' is not set: nothing to check")
     report = run_checks(cfg, splits, args.fast)
@@ -158,48 +166,62 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     return 1 if report.count(ERROR) else 0
 
 
-# ------------------------------------------------------------------------------------------------- one split
-def _check_split(cfg: Config, train: bool, fast: bool, report: Report) -> None:
+# ------------------------------------------------------------------------------------------------- one source
+def _check_source(
+    cfg: Config, spec: SourceSpec, train: bool, fast: bool, report: Report, several: bool
+) -> None:
+    """Scan one configured source. Problems of the whole source name its config key (`data.train[1] (ytvos)`
+    for an entry of `data.train`); `several`: the scanned line names the source too."""
     from .source_base import DataError
     from .sources import _detect
 
     data = cfg.data
-    path = Path(data.train_path if train else data.val_path)
-    wanted = data.train_videos if train else data.val_videos
+    path = Path(spec.path)
+    wanted = list(spec.videos) if spec.videos is not None else None
     split = "train" if train else "val"
     if not path.exists():
-        report.add(ERROR, path, "", f"dataset path not found (data.{split}_path)")
+        report.add(ERROR, path, "", f"dataset path not found ({spec.where})")
         return
-    fmt, parsed = data.format, None
+    fmt, parsed = spec.format, None
     try:
         if fmt is None:
             fmt, parsed = _detect(path)
-        if fmt == "davis" and data.images_root is not None:
-            raise DataError("images_root applies to JSON formats only; DAVIS frames are in JPEGImages")
+        if fmt in ("davis", "youtube_vos") and spec.images_root is not None:
+            raise DataError(f"images_root applies to JSON formats only; {fmt} frames are in JPEGImages")
     except DataError as exc:
-        report.add(ERROR, path, "", str(exc))
+        report.add(ERROR, path, "", f"{spec.where}: {exc}" if several else str(exc))
         return
-    scanner = {"davis": _scan_davis, "coco_video": _scan_coco, "sav": _scan_sav}[fmt]
+    scanner = {"davis": _scan_davis, "coco_video": _scan_coco, "sav": _scan_sav, "youtube_vos": _scan_ytvos}[
+        fmt
+    ]
     start = len(report.problems)
-    videos = scanner(path, data.images_root, wanted, parsed, not fast, report)
+    videos = scanner(path, spec.images_root, wanted, parsed, not fast, report)
     errored = {p.video for p in report.problems[start:] if p.severity == ERROR}
     length, key = (
         (data.clip_length, "data.clip_length") if train else (data.val_clip_length, "data.val_clip_length")
     )
-    _check_videos(videos, path, length, key, errored, report)
+    _check_videos(videos, path, length, key, errored, report, data.track_later_objects)
     frames = sum(v.frames for v in videos)
     report.videos += len(videos)
     report.frames += frames
     mode = "headers" if fast else "full decode"
+    label = f"{split} {spec.where}" if several else split
     report.scanned.append(
-        f"{split}: {path} ({fmt}, {mode}): {_plural(len(videos), 'video')}, {frames} frames"
+        f"{label}: {path} ({fmt}, {mode}): {_plural(len(videos), 'video')}, {frames} frames"
+        + (f", weight {spec.weight:g}" if several else "")
     )
     if not fast and not any(p.severity == ERROR for p in report.problems[start:]):
-        _reader_agrees(cfg, path, wanted, train, report)
+        _reader_agrees(cfg, spec, train, report)
 
 
 def _check_videos(
-    videos: list[_Video], path: Path, length: int | None, key: str, errored: set[str], report: Report
+    videos: list[_Video],
+    path: Path,
+    length: int | None,
+    key: str,
+    errored: set[str],
+    report: Report,
+    later_tracked: bool = True,
 ) -> None:
     """Skipped and short videos (warnings, one per video), no usable video (error), and one info line per kind
     for the whole dataset: unannotated frames, objects appearing later, binary masks, void pixels (videos
@@ -232,8 +254,13 @@ def _check_videos(
                 notes[kind].append(note)
     what = {
         "unannotated": "with frames that have no masks (unannotated: listed, never loaded into a clip)",
-        "later": "where objects first appear after the first annotated frame (a clip tracks the objects of "
-        "its first frame)",
+        "later": "where objects first appear after the first annotated frame ("
+        + (
+            "prompted on their first annotated frame: data.track_later_objects"
+            if later_tracked
+            else "a clip tracks the objects of its first frame only: data.track_later_objects is false"
+        )
+        + ")",
         "binary": "whose masks hold only 0 and 255: binary, 255 is object 1 (not void)",
         "void": "with void (255) pixels, excluded from the loss",
     }
@@ -248,7 +275,7 @@ def _check_videos(
         report.add(ERROR, path, "", f"no usable video {need}: the run cannot start")
 
 
-def _reader_agrees(cfg: Config, path: Path, wanted: list[str] | None, train: bool, report: Report) -> None:
+def _reader_agrees(cfg: Config, spec: SourceSpec, train: bool, report: Report) -> None:
     """Open the data the way `fit` does; a DataError the scan missed is still an error."""
     import warnings
 
@@ -260,11 +287,13 @@ def _reader_agrees(cfg: Config, path: Path, wanted: list[str] | None, train: boo
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the scan has reported them, file by file
-            source = open_source(path, format=data.format, images_root=data.images_root, videos=wanted)
+            source = open_source(
+                spec.path, format=spec.format, images_root=spec.images_root, videos=spec.videos
+            )
             length = data.clip_length if train else data.val_clip_length
-            build_index(source.videos, length, data.stride, train=train, source_name=str(path))
+            build_index(source.videos, length, data.stride, train=train, source_name=spec.name)
     except DataError as exc:
-        report.add(ERROR, path, "", f"the reader rejects this data: {exc}")
+        report.add(ERROR, Path(spec.path), "", f"the reader rejects this data: {exc}")
 
 
 # ------------------------------------------------------------------------------------------------- shared checks
@@ -407,14 +436,31 @@ def _scan_davis(
     path: Path, images_root: Any, wanted: list[str] | None, parsed: Any, full: bool, report: Report
 ) -> list[_Video]:
     from .source_base import DataError
-    from .sources import _is_resolution_level, _pick_resolution, _subdirs, select_videos
+    from .sources import _subdirs, select_videos
+
+    roots = _davis_roots(path, report)
+    if roots is None:
+        return []
+    images, annotations = roots
+    try:
+        names = sorted({d.name for d in _subdirs(images)} | {d.name for d in _subdirs(annotations)})
+        names = select_videos(names, wanted, path)
+    except DataError as exc:
+        report.add(ERROR, path, "", str(exc))
+        return []
+    return [video for _, video in _davis_videos(images, annotations, names, full, report)]
+
+
+def _davis_roots(path: Path, report: Report, layout: str | None = None) -> tuple[Path, Path] | None:
+    """(frames root, masks root) below JPEGImages/ and Annotations/ (at the reader's resolution level)."""
+    from .source_base import DataError
+    from .sources import DavisSource, _is_resolution_level, _pick_resolution
 
     images, annotations = path / "JPEGImages", path / "Annotations"
     for folder in (images, annotations):
         if not folder.is_dir():
-            layout = "<root>/JPEGImages/<video>/<frame>.jpg and <root>/Annotations/<video>/<frame>.png"
-            report.add(ERROR, folder, "", f"dataset folder not found (DAVIS layout: {layout})")
-            return []
+            report.add(ERROR, folder, "", f"dataset folder not found ({layout or DavisSource.layout})")
+            return None
     try:
         resolution = _pick_resolution(images, None)
         if resolution is not None:
@@ -423,17 +469,22 @@ def _scan_davis(
                 annotations = annotations / resolution
             elif _is_resolution_level(annotations):
                 raise DataError(f"{annotations}: no '{resolution}' subfolder to match {images}")
-        names = sorted({d.name for d in _subdirs(images)} | {d.name for d in _subdirs(annotations)})
-        names = select_videos(names, wanted, path)
     except DataError as exc:
         report.add(ERROR, path, "", str(exc))
-        return []
+        return None
+    return images, annotations
+
+
+def _davis_videos(
+    images: Path, annotations: Path, names: list[str], full: bool, report: Report
+) -> list[tuple[_DavisListing, _Video]]:
+    """Each video of `names` listed and scanned as the DAVIS reader reads it."""
     listed = [_list_davis(images / n, annotations / n, n, report) for n in names]
     offset = 1 if any(o == 0 for item in listed for es in item.masks.values() for o, _ in es) else 0
     probes = _probe_frames([f for item in listed if not item.skip for f in item.frames], full)
     mask_files = [p for item in listed if not item.skip for es in item.masks.values() for _, p in es]
     masks = dict(zip(mask_files, _map(_probe_mask, mask_files, "masks")))
-    return [_davis_video(item, probes, masks, offset, report) for item in listed]
+    return [(item, _davis_video(item, probes, masks, offset, report)) for item in listed]
 
 
 def _list_davis(img_dir: Path, mask_dir: Path, name: str, report: Report) -> _DavisListing:
@@ -559,6 +610,66 @@ def _label_ids(
                 report.add(WARNING, p, video.name, message)
             ids.setdefault(stem, set()).update(found)
     return ids
+
+
+# ------------------------------------------------------------------------------------------------- YouTube-VOS
+def _scan_ytvos(
+    path: Path, images_root: Any, wanted: list[str] | None, parsed: Any, full: bool, report: Report
+) -> list[_Video]:
+    """The DAVIS scan of the videos `meta.json` lists, then the reader's checks against `meta.json`
+    (`meta_problems`: a listed frame without its files, objects in no PNG or not listed are errors; per-frame
+    disagreements are warnings). Folders `meta.json` does not list are skipped (warnings)."""
+    from .source_base import DataError
+    from .sources import _subdirs, select_videos
+    from .sources_ytvos import META_FILE, YouTubeVosSource, meta_problems, read_meta
+
+    roots = _davis_roots(path, report, YouTubeVosSource.layout)
+    if roots is None:
+        return []
+    images, annotations = roots
+    meta_path = path / META_FILE
+    try:
+        meta = read_meta(meta_path)
+        names = select_videos(sorted(meta), wanted, meta_path)
+    except DataError as exc:
+        report.add(ERROR, meta_path, "", str(exc))
+        return []
+    present = []
+    for name in names:
+        missing = [f for f in (images / name, annotations / name) if meta[name] and not f.is_dir()]
+        for folder in missing:
+            report.add(ERROR, folder, name, f"folder not found, but {META_FILE} lists the video")
+        if not missing:
+            present.append(name)
+    if wanted is None:
+        on_disk = {d.name for d in _subdirs(images)} | {d.name for d in _subdirs(annotations)}
+        for name in sorted(on_disk - set(meta)):
+            folder = images / name if (images / name).is_dir() else annotations / name
+            report.add(WARNING, folder, name, f"video skipped: not listed in {META_FILE}")
+    start = len(report.problems)
+    scanned = _davis_videos(images, annotations, present, full, report)
+    errored = {p.video for p in report.problems[start:] if p.severity == ERROR}
+    for item, video in scanned:
+        objects = meta[item.name]
+        if not objects or item.name in errored:  # a mask that could not be read: its ids are unknown
+            continue
+        if item.skip:
+            report.add(
+                ERROR,
+                video.folder,
+                item.name,
+                f"{META_FILE} lists objects {sorted(objects)}, but {item.skip}",
+            )
+            video.broken = True
+            continue
+        stems = [p.stem for p in item.frames if p.stem in item.masks]
+        stem_ids = dict(zip(stems, video.annotated))
+        mask_dir = annotations / item.name
+        for severity, file, message in meta_problems(
+            objects, item.frames, item.frames_dir, mask_dir, stem_ids
+        ):
+            report.add(severity, file, item.name, message)
+    return [video for _, video in scanned]
 
 
 # ------------------------------------------------------------------------------------------------- COCO video
@@ -709,8 +820,8 @@ class _SavListing:
     video: _Video
     json_path: Path
     frames: list[Path] = field(default_factory=list)
-    hw: tuple[int, int] = (0, 0)
-    """(video_height, video_width) from the JSON."""
+    hw: tuple[int, int] | None = None
+    """Size of the masks: video_height x video_width, else the RLEs' size."""
     segs: list[tuple[str, Any]] = field(default_factory=list)
     """(where, RLE) of every entry of the annotated masklet rows."""
 
@@ -718,28 +829,31 @@ class _SavListing:
 def _scan_sav(
     path: Path, images_root: Any, wanted: list[str] | None, parsed: Any, full: bool, report: Report
 ) -> list[_Video]:
+    import warnings
+
     from .source_base import DataError
     from .sources import select_videos
-    from .sources_json import _sav_name
+    from .sources_json import _sav_name, sav_files
 
-    files = (sorted(path.glob("*_manual.json")) or sorted(path.glob("*.json"))) if path.is_dir() else [path]
-    if not files:
-        report.add(ERROR, path, "", "no SA-V JSON (*_manual.json or *.json) in this folder")
+    try:
+        if path.is_dir():
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                by_name, left_out = sav_files(path)
+            for w in caught:
+                report.add(WARNING, path, "", str(w.message).removeprefix(f"{path}: "))
+        else:
+            by_name, left_out = {_sav_name(path): path}, {}
+        selected = select_videos(sorted({*by_name, *left_out}), wanted, path)
+    except DataError as exc:
+        report.add(ERROR, path, "", str(exc).removeprefix(f"{path}: "))
         return []
     root = Path(images_root) if images_root is not None else (path if path.is_dir() else path.parent)
-    by_name: dict[str, Path] = {}
-    for f in files:
-        name = _sav_name(f)
-        if name in by_name:
-            report.add(ERROR, f, name, f"{f.name} and {by_name[name].name} describe the same video")
-        by_name.setdefault(name, f)
-    try:
-        selected = select_videos(sorted(by_name), wanted, path)
-    except DataError as exc:
-        report.add(ERROR, path, "", str(exc))
-        return []
     listed = [
-        _list_sav(n, by_name[n], root, parsed if by_name[n] == path else None, report) for n in selected
+        _SavListing(_Video(n, path / f"{n}_auto.json", 0, [], skip=left_out[n]), path)
+        if n in left_out
+        else _list_sav(n, by_name[n], root, parsed if by_name[n] == path else None, report)
+        for n in selected
     ]
     probes = _probe_frames([f for item in listed for f in item.frames], full)
     jobs = []
@@ -749,27 +863,30 @@ def _scan_sav(
         name = item.video.name
         size = _video_size(name, item.frames, probes, report)
         if size is not None:
-            what = f"video_height x video_width (frame {item.frames[0].name})"
-            _check_size(item.hw, size, item.json_path, name, what, report)
+            if item.hw is not None:
+                what = f"mask size (frame {item.frames[0].name})"
+                _check_size(item.hw, size, item.json_path, name, what, report)
             jobs += [(seg, size, where, name, item.json_path) for where, seg in item.segs if full]
     _decode_rles(jobs, report)
     return [item.video for item in listed]
 
 
 def _list_sav(name: str, json_path: Path, root: Path, parsed: Any, report: Report) -> _SavListing:
-    """The video's JSON checked entry by entry, and its frames (unless the reader skips it)."""
+    """The video's JSON checked entry by entry (`parse_sav`), and its frames (unless the reader skips it)."""
     from .source_base import DataError
-    from .sources_json import read_json
+    from .sources_json import parse_sav, read_json, sav_masklet
 
     item = _SavListing(_Video(name, json_path, 0, []), json_path)
     try:
         content = read_json(json_path) if parsed is None else parsed
-        every, rows, ok = _sav_schema(content, json_path, name, report)
+        schema = parse_sav(content, "top level")
     except DataError as exc:
         report.add(ERROR, json_path, name, str(exc))
         item.video.broken = True
         return item
-    item.video.broken = not ok
+    for problem in schema.problems:
+        report.add(ERROR, json_path, name, problem)
+    item.video.broken = bool(schema.problems)
     img_dir = root / name
     files = list(img_dir.glob("*.jpg")) if img_dir.is_dir() else []
     if not files:
@@ -783,54 +900,17 @@ def _list_sav(name: str, json_path: Path, root: Path, parsed: Any, report: Repor
     item.frames = sorted((p for p in files if p.stem.isdigit()), key=lambda p: (int(p.stem), p.name))
     _check_numbering(item.frames, name, report)
     present = {int(p.stem) for p in item.frames}
-    for k, _ in rows:
+    every = schema.every
+    for k in schema.rows:
         if k * every not in present:
             missing = img_dir / f"{k * every:05d}.jpg"
             report.add(
                 ERROR, json_path, name, f"masklet[{k}] annotates frame {k * every}, but {missing} is missing"
             )
-    masklet = content["masklet"]
-    item.hw = (content["video_height"], content["video_width"])
-    item.segs = [(f"masklet[{k}][{j}]", seg) for k, _ in rows for j, seg in enumerate(masklet[k])]
+    masklet = sav_masklet(content, "top level")
+    item.hw = schema.hw
+    item.segs = [(f"masklet[{k}][{j}]", seg) for k in schema.rows for j, seg in enumerate(masklet[k])]
     item.video.folder = img_dir
     item.video.frames = len(item.frames)
-    item.video.annotated = [ids for _, ids in rows]
+    item.video.annotated = list(schema.rows.values())
     return item
-
-
-def _sav_schema(
-    content: Any, json_path: Path, name: str, report: Report
-) -> tuple[int, list[tuple[int, set[int]]], bool]:
-    """(frames per masklet row, [(annotated row, ids with pixels)], every entry valid), each entry checked and
-    reported; DataError when the file cannot be used at all."""
-    from .source_base import DataError
-    from .sources_json import _ann_every, _area, _is_int, check_segmentation, require
-
-    require(content, ("masklet", "video_height", "video_width"), "top level")
-    masklet, hw = content["masklet"], [content["video_height"], content["video_width"]]
-    if not all(_is_int(x) and x > 0 for x in hw):
-        raise DataError(f"'video_height' and 'video_width' must be ints > 0, got {hw}")
-    if not isinstance(masklet, list) or not all(isinstance(row, list) for row in masklet):
-        raise DataError("'masklet' must be a list (frames) of lists (objects)")
-    every = _ann_every(content, "top level")
-    n_obj = len(masklet[0]) if masklet else 0
-    rows, ok = [], True
-    for k, row in enumerate(masklet):
-        if len(row) != n_obj:
-            report.add(ERROR, json_path, name, f"masklet[{k}] has {len(row)} objects, masklet[0] has {n_obj}")
-            ok = False
-            continue
-        row_ok = True
-        for j, seg in enumerate(row):
-            label = f"masklet[{k}][{j}]"
-            try:
-                if seg is not None and list(check_segmentation(seg, label, polygons=False) or ()) != hw:
-                    raise DataError(
-                        f"{label}: RLE size {seg['size']} is not [video_height, video_width] {hw}"
-                    )
-            except DataError as exc:
-                report.add(ERROR, json_path, name, str(exc))
-                row_ok = ok = False
-        if row_ok and n_obj and None not in row:
-            rows.append((k, {j + 1 for j, seg in enumerate(row) if _area(seg) > 0}))
-    return every, rows, ok

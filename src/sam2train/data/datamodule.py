@@ -1,43 +1,91 @@
-"""SAM2LightningDataModule: opens and validates the configured sources at setup, serves clip loaders."""
+"""SAM2LightningDataModule: opens and validates the configured sources at setup, serves clip loaders.
+
+Training reads `data.train_path`, or every source of `data.train` mixed by weight (`MixedClips`); either way the
+loader's EpochSampler shuffles, shards and resumes the epoch, and each item is a pure function of
+(seed, epoch, index).
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from ..config import Config
-from .batch import collate_videos
+from .batch import VideoSample, collate_videos
 from .dataset import ClipDataset
-from .sampling import EpochSampler, build_index
-from .source_base import DataError, VideoSource
+from .sampling import EpochSampler, MixedClips, build_index
+from .source_base import DataError, SourceSpec, VideoSource, configured_sources
 from .sources import open_source
+
+log = logging.getLogger("sam2train")
+
+
+@dataclass
+class OpenedSource:
+    """A configured source, opened and validated, with its clip dataset."""
+
+    spec: SourceSpec
+    source: VideoSource
+    dataset: ClipDataset
+
+
+def open_one(spec: SourceSpec, cfg: Config, train: bool) -> OpenedSource:
+    """Open one source and index its clips; a DataError names the source (its config key and name)."""
+    data = cfg.data
+    try:
+        source = open_source(spec.path, format=spec.format, images_root=spec.images_root, videos=spec.videos)
+        if not source.videos:
+            raise DataError(f"{spec.path}: no usable video (skipped: {source_skipped(source)})")
+        length = data.clip_length if train else data.val_clip_length
+        index = build_index(source.videos, length, data.stride, train=train, source_name=spec.name)
+    except DataError as exc:
+        raise DataError(f"{spec.where}: {exc}") from None
+    return OpenedSource(spec, source, ClipDataset(source, index, cfg, train=train))
+
+
+def open_data(cfg: Config, train: bool) -> tuple[list[OpenedSource], Dataset[VideoSample]]:
+    """Every source of the train (or val) split, opened and validated, and the dataset the loader reads: the one
+    source's ClipDataset, or several mixed by `weight` (`MixedClips`) when `data.train` lists them."""
+    specs = configured_sources(cfg, train)
+    if not specs:
+        raise DataError(f"config key '{'data.train_path' if train else 'data.val_path'}' is not set")
+    opened = [open_one(spec, cfg, train) for spec in specs]
+    if not train or cfg.data.train is None:
+        return opened, opened[0].dataset
+    mixed = MixedClips(
+        [o.dataset for o in opened], [o.spec.weight for o in opened], cfg.seed, [o.spec.name for o in opened]
+    )
+    log.info("training sources, clips per epoch of %d: %s", len(mixed), mix_summary(mixed))
+    return opened, mixed
+
+
+def mix_summary(mixed: MixedClips) -> str:
+    """`davis 120 (40.0%, 80 windows), ytvos ...`: each source's clips per epoch, share and index size."""
+    total = len(mixed)
+    return ", ".join(
+        f"{name} {n} ({100 * n / total:.1f}%, {size} windows)"
+        for name, n, size in zip(mixed.names, mixed.counts, mixed.sizes)
+    )
 
 
 def open_split(cfg: Config, train: bool) -> tuple[VideoSource, ClipDataset]:
-    """Open the train or val source and its clip dataset; errors name the path and key."""
-    data = cfg.data
-    path, videos, key = (
-        (data.train_path, data.train_videos, "data.train_path")
-        if train
-        else (data.val_path, data.val_videos, "data.val_path")
-    )
-    if path is None:
-        raise DataError(f"config key '{key}' is not set")
-    source = open_source(path, format=data.format, images_root=data.images_root, videos=videos)
-    if not source.videos:
-        raise DataError(f"{key}={path}: no usable video (skipped: {source_skipped(source)})")
-    length = data.clip_length if train else data.val_clip_length
-    index = build_index(source.videos, length, data.stride, train=train, source_name=str(path))
-    return source, ClipDataset(source, index, cfg, train=train)
+    """The source and clip dataset of a single-source split (`data.train_path` or `data.val_path`, or a
+    `data.train` of one entry); errors name the path and key. Several sources: see `open_data`."""
+    opened, _ = open_data(cfg, train)
+    if len(opened) > 1:
+        raise DataError(f"data.train lists {len(opened)} sources; open_data opens several")
+    return opened[0].source, opened[0].dataset
 
 
 def source_skipped(source: VideoSource) -> str:
@@ -95,18 +143,21 @@ class SAM2LightningDataModule(L.LightningDataModule):
     """Training clips and validation videos from `config.data`, batched as VideoBatch.
 
     Every source is opened and checked in `setup` (in the main process, before training starts), so a missing
-    file, an unreadable frame header or a bad JSON stops the run with a message naming it.
+    file, an unreadable frame header or a bad JSON stops the run with a message naming it (and, for an entry of
+    `data.train`, the entry: `data.train[1] (ytvos): ...`).
     """
 
     def __init__(self, config: Config) -> None:
         super().__init__()
         self.config = config
-        self.train_set: ClipDataset | None = None
+        self.train_set: Dataset[VideoSample] | None = None
+        """The training clips: one source's ClipDataset, or MixedClips over every source of `data.train`."""
         self.val_set: ClipDataset | None = None
+        self.train_sources: list[OpenedSource] = []
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_set is None:
-            _, self.train_set = open_split(self.config, train=True)
+            self.train_sources, self.train_set = open_data(self.config, train=True)
         if (
             stage in (None, "fit", "validate")
             and self.val_set is None
@@ -133,7 +184,7 @@ class SAM2LightningDataModule(L.LightningDataModule):
         loop = self.trainer.fit_loop
         return loop.epoch_progress.current.processed if loop.is_resuming else self.trainer.current_epoch
 
-    def _loader(self, dataset: ClipDataset, train: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset[VideoSample], train: bool) -> DataLoader:
         data = self.config.data
         rank, world = self._rank()
         sampler = EpochSampler(

@@ -1,4 +1,4 @@
-"""The clip dataset: source -> clip sampler -> transforms -> prompts -> VideoSample."""
+"""The clip dataset: source -> clip sampler -> transforms -> prompts and schedule -> VideoSample."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from ..config import Config
 from .batch import VideoSample
 from .prompts import make_prompts
 from .sampling import ClipRef, clip_positions, sample_generator, select_objects
-from .source_base import DataError, VideoInfo, VideoSource
+from .source_base import DataError, FrameMasks, VideoInfo, VideoSource
 from .transforms import ClipAugment, normalize, resize_frame, resize_masks, resize_nearest
 
 _AUGMENT_TRIES = 3
@@ -19,7 +19,13 @@ _VAL_SEED_OFFSET = 7919  # validation prompts use their own stream, fixed across
 
 class ClipDataset(Dataset[VideoSample]):
     """Clips of one source. In training, item `epoch * len(index) + i` is window i drawn with the generator of
-    (seed, epoch, i) (see EpochSampler); in validation item i is window i, the same every epoch."""
+    (seed, epoch, i) (see EpochSampler); in validation item i is window i, the same every epoch.
+
+    Every random choice of a sample (window jitter, reverse time, objects, augmentation, prompts, conditioning
+    and correction frames, the model's click seed) is drawn from that one generator in a fixed order, so a sample
+    is a pure function of (seed, epoch, index): data workers and resumed runs redraw it identically, and ranks
+    differ only because EpochSampler hands each rank different indices (no rank or worker id enters the draw).
+    """
 
     def __init__(self, source: VideoSource, index: list[ClipRef], cfg: Config, train: bool) -> None:
         self.source = source
@@ -49,8 +55,13 @@ class ClipDataset(Dataset[VideoSample]):
         seed = self.cfg.seed if self.train else self.cfg.seed + _VAL_SEED_OFFSET
         g = sample_generator(seed, epoch if self.train else 0, i)
         positions = clip_positions(video, ref, g if self.train else None)
+        reverse = self.cfg.data.reverse_time_prob if self.train else 0.0
+        if reverse > 0 and float(torch.rand((), generator=g)) < reverse:
+            # Meta's reverse time: played backwards, the clip's last frame becomes the one objects start from
+            positions = positions[::-1]
         frame_masks = [self.source.load_masks(video, p) for p in positions]
-        obj_ids = select_objects(frame_masks[0], self.cfg.data.max_objects, g if self.train else None)
+        candidates = _clip_union(frame_masks) if self.cfg.data.track_later_objects else frame_masks[0]
+        obj_ids = select_objects(candidates, self.cfg.data.max_objects, g if self.train else None)
         size = self.cfg.model.image_size
         frames = torch.stack([resize_frame(self.source.load_image(video, p), size) for p in positions])
         masks = torch.zeros(len(positions), len(obj_ids), *video.size, dtype=torch.bool)
@@ -59,8 +70,12 @@ class ClipDataset(Dataset[VideoSample]):
                 masks[t, k] = torch.from_numpy(fm.get(o))
         void = torch.from_numpy(np.stack([fm.void for fm in frame_masks]))
         masks, void = resize_masks(masks, size), resize_nearest(void, size)
-        frames, masks, void, obj_ids = self._augment(frames, masks, void, obj_ids, g)
-        prompts = make_prompts(masks[0], self.cfg.prompts, g, train=self.train, prompt_type=self.prompt_type)
+        frames, masks, void, obj_ids, prompt_frames = self._augment(frames, masks, void, obj_ids, g)
+        prompt_masks = masks[prompt_frames, torch.arange(len(obj_ids))]
+        prompts = make_prompts(
+            prompt_masks, self.cfg.prompts, g, train=self.train, prompt_type=self.prompt_type
+        )
+        cond_frames, correct_frames = self._schedule(len(positions), g)
         return VideoSample(
             images=normalize(frames),
             masks=masks.float(),
@@ -71,7 +86,19 @@ class ClipDataset(Dataset[VideoSample]):
             object_ids=torch.tensor(obj_ids, dtype=torch.long),
             orig_size=video.size,
             num_video_frames=len(video.frames),
+            prompt_frames=prompt_frames,
+            cond_frames=cond_frames,
+            correct_frames=correct_frames,
+            seed=int(torch.randint(0, 2**31 - 1, (1,), generator=g)),
         )
+
+    def _prompt_frames(self, masks: torch.Tensor) -> torch.Tensor:
+        """masks [T, K, H, W] bool -> [K] long: the frame each object is prompted on, its first non-empty one
+        (-1 when it is empty in every frame); all 0 without `data.track_later_objects`."""
+        if not self.cfg.data.track_later_objects:
+            return torch.zeros(masks.shape[1], dtype=torch.long)
+        present = masks.flatten(2).any(2)
+        return torch.where(present.any(0), present.int().argmax(0), -1)
 
     def _augment(
         self,
@@ -80,18 +107,61 @@ class ClipDataset(Dataset[VideoSample]):
         void: torch.Tensor,
         obj_ids: list[int],
         g: torch.Generator,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
-        """Augment the clip; a draw that pushes a tracked object out of the first frame is redrawn (up to a few
-        times, from the same generator, so it stays reproducible). Objects the resize made empty in the first
-        frame (smaller than a pixel at image_size) are dropped: they cannot be prompted."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int], torch.Tensor]:
+        """Augment the clip and find each object's prompt frame ([K] long, see `_prompt_frames`).
+
+        A draw that pushes a tracked object out of its prompt frame is redrawn (up to a few times, from the same
+        generator, so it stays reproducible; an empty mask stays empty, so an accepted draw keeps every prompt
+        frame). Objects that cannot be prompted are dropped: empty in every frame (smaller than a pixel at
+        image_size), or, without `track_later_objects`, empty in the first frame."""
+        k_all = range(masks.shape[1])
+        first = self._prompt_frames(masks)
         if self.augment is not None:
             for _ in range(_AUGMENT_TRIES):
                 f, m, z = self.augment(frames, masks, void, g)
-                if all(m[0, k].any() for k in range(m.shape[1])):
+                if all(m[first[k], k].any() for k in k_all if first[k] >= 0):
                     frames, masks, void = f, m, z
                     break
-        keep = [k for k in range(masks.shape[1]) if masks[0, k].any()]
+        first = self._prompt_frames(masks)
+        keep = [k for k in k_all if first[k] >= 0 and masks[first[k], k].any()]
         if len(keep) < masks.shape[1]:
-            masks = masks[:, keep]
+            masks, first = masks[:, keep], first[keep]
             obj_ids = [obj_ids[k] for k in keep]
-        return frames, masks, void, obj_ids
+        return frames, masks, void, obj_ids, first
+
+    def _schedule(self, num_frames: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conditioning and correction frames of a training clip, as Meta's `prepare_prompt_inputs` draws them
+        (validation: neither).
+
+        C uniform in 1..min(max_cond_frames, T); cond_frames [C - 1] long: the extra conditioning frames, drawn
+        without replacement from 1..T-1 in the order drawn (frame 0 is always one). With frames_to_correct > 0,
+        F uniform in C..min(frames_to_correct, T); correct_frames [F] long: 0, the cond_frames, then F - C others
+        drawn without replacement. A count with a single choice draws nothing.
+        """
+        none = torch.zeros(0, dtype=torch.long)
+        if not self.train:
+            return none, none
+        cfg = self.cfg.prompts
+        top = min(cfg.max_cond_frames, num_frames)
+        c = int(torch.randint(1, top + 1, (1,), generator=g)) if top > 1 else 1
+        cond = torch.randperm(num_frames - 1, generator=g)[: c - 1] + 1 if c > 1 else none
+        if cfg.frames_to_correct == 0:
+            return cond, none
+        top = min(cfg.frames_to_correct, num_frames)
+        f = int(torch.randint(c, top + 1, (1,), generator=g)) if top > c else c
+        taken = set(cond.tolist())
+        rest = torch.tensor([t for t in range(1, num_frames) if t not in taken], dtype=torch.long)
+        extra = rest[torch.randperm(len(rest), generator=g)[: f - c]] if f > c else none
+        return cond, torch.cat([torch.zeros(1, dtype=torch.long), cond, extra])
+
+
+def _clip_union(frame_masks: list[FrameMasks]) -> FrameMasks:
+    """The objects of a whole clip as one FrameMasks (ids sorted, each mask the union over the clip's frames),
+    so `select_objects` picks among the objects present in any frame."""
+    ids = sorted({int(o) for fm in frame_masks for o in fm.ids})
+    shape = frame_masks[0].void.shape
+    masks = np.zeros((len(ids), *shape), dtype=bool)
+    for k, o in enumerate(ids):
+        for fm in frame_masks:
+            masks[k] |= fm.get(o)
+    return FrameMasks(ids=np.asarray(ids, dtype=np.int64), masks=masks, void=frame_masks[0].void)

@@ -9,7 +9,8 @@ import torch
 
 from ..config import Config
 from .batch import PROMPT_BOX, PROMPT_NAMES, PROMPT_POINT, VideoSample
-from .datamodule import open_split
+from .datamodule import mix_summary, open_data
+from .sampling import MixedClips
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 _MAX_AREA_FRAMES = 500  # mask-area percentiles read at most this many annotated frames (evenly spread)
@@ -49,9 +50,9 @@ def _denormalize(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).numpy()
 
 
-def clip_sheet(sample: VideoSample) -> np.ndarray:
-    """Rows: frames with ground-truth masks; the first frame also shows the prompts (points, boxes)."""
-    from ..viz import draw_prompts, overlay, strip
+def clip_tiles(sample: VideoSample) -> tuple[list[np.ndarray], str]:
+    """One sheet row: frames with ground-truth masks (the first also shows the prompts), and its title."""
+    from ..viz import draw_prompts, overlay
 
     frames = _denormalize(sample.images)
     ids = sample.object_ids.tolist()
@@ -65,20 +66,37 @@ def clip_sheet(sample: VideoSample) -> np.ndarray:
     boxes[p.kind.numpy() != PROMPT_BOX] = np.nan
     tiles[0] = draw_prompts(tiles[0], points, labels, boxes, ids)
     kinds = ", ".join(f"{i}:{PROMPT_NAMES.get(int(k), '-')}" for i, k in zip(ids, p.kind.tolist()))
-    title = f"{sample.video_name} frames {sample.frame_indices.tolist()} prompts {kinds}"
+    return tiles, f"{sample.video_name} frames {sample.frame_indices.tolist()} prompts {kinds}"
+
+
+def clip_sheet(sample: VideoSample) -> np.ndarray:
+    """Rows: frames with ground-truth masks; the first frame also shows the prompts (points, boxes)."""
+    from ..viz import strip
+
+    tiles, title = clip_tiles(sample)
     return strip([tiles], [title])
 
 
 def inspect_dataset(cfg: Config, out_png: Path, train: bool = True) -> str:
-    """Print-ready statistics of the train (or val) source; writes a PNG sheet of the first sampled clip."""
-    from ..viz import save_png
+    """Print-ready statistics of every train (or val) source; writes a PNG sheet with the first sampled clip of
+    each source (one row per source). Several sources of `data.train` also list their clips per epoch."""
+    from ..viz import save_png, strip
 
-    source, dataset = open_split(cfg, train=train)
-    stats = dataset_stats(source)
-    sample = dataset[0]
+    opened, dataset = open_data(cfg, train=train)
+    split = "train" if train else "val"
+    several = len(opened) > 1
+    lines, rows, titles = [], [], []
+    for o in opened:
+        lines.append(f"{split} data{f' {o.spec.where}' if several else ''}: {o.source.path}")
+        lines += [f"  {k}: {v}" for k, v in dataset_stats(o.source).items()]
+        lines.append(
+            f"  clips in its index: {len(o.dataset)}" if several else f"  clips per epoch: {len(dataset)}"
+        )
+        tiles, title = clip_tiles(o.dataset[0])
+        rows.append(tiles)
+        titles.append(f"{o.spec.name}: {title}" if several else title)
+    if isinstance(dataset, MixedClips):
+        lines.append(f"clips per epoch: {len(dataset)} ({mix_summary(dataset)})")
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    save_png(out_png, clip_sheet(sample))
-    lines = [f"{'train' if train else 'val'} data: {source.path}"]
-    lines += [f"  {k}: {v}" for k, v in stats.items()]
-    lines.append(f"  clips per epoch: {len(dataset)}")
+    save_png(out_png, strip(rows, titles))
     return "\n".join(lines)

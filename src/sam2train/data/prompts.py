@@ -1,4 +1,4 @@
-"""First-frame prompts per object, drawn from the (resized, augmented) first-frame masks.
+"""Prompts per object, drawn from each object's (resized, augmented) mask on its prompt frame.
 
 Coordinates are pixels of the square model input, (x, y), as SAM 2's prompt encoder takes them.
 """
@@ -44,20 +44,23 @@ def _random_pixels(region: torch.Tensor, k: int, g: torch.Generator) -> torch.Te
 
 
 def sample_points(
-    mask: torch.Tensor, num_pos: int, num_neg: int, g: torch.Generator
+    mask: torch.Tensor, num_pos: int, num_neg: int, g: torch.Generator, first: str = "center"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clicks for one non-empty mask [H, W] bool -> coords [P, 2] (x, y), labels [P] (1 pos, 0 neg).
 
-    The first positive is the interior point farthest from the boundary (ties: first in row-major order); the other
-    positives are uniform inside, the negatives uniform outside (skipped when the mask covers the image).
+    The first positive is, with `first="center"`, the interior point farthest from the boundary (ties: first in
+    row-major order), with `first="uniform"` a random pixel inside (Meta's training clicks); the other positives
+    are uniform inside, the negatives uniform outside (skipped when the mask covers the image).
     """
-    dist = distance_transform_edt(np.pad(mask.numpy(), 1))[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    coords = [torch.tensor([[float(x), float(y)]])]
-    labels = [1]
-    if num_pos > 1:
-        coords.append(_random_pixels(mask, num_pos - 1, g))
-        labels += [1] * (num_pos - 1)
+    if first == "uniform":
+        coords = [_random_pixels(mask, num_pos, g)]
+    else:
+        dist = distance_transform_edt(np.pad(mask.numpy(), 1))[1:-1, 1:-1]
+        y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+        coords = [torch.tensor([[float(x), float(y)]])]
+        if num_pos > 1:
+            coords.append(_random_pixels(mask, num_pos - 1, g))
+    labels = [1] * num_pos
     outside = ~mask
     if num_neg > 0 and outside.any():
         coords.append(_random_pixels(outside, num_neg, g))
@@ -75,27 +78,29 @@ def choose_kind(cfg: PromptsConfig, prompt_type: str, g: torch.Generator) -> int
 
 
 def make_prompts(
-    first_masks: torch.Tensor,
+    prompt_masks: torch.Tensor,
     cfg: PromptsConfig,
     g: torch.Generator,
     train: bool,
     prompt_type: str | None = None,
 ) -> Prompts:
-    """Prompts for N objects from their first-frame masks [N, H, W] bool (each non-empty).
+    """Prompts for N objects from their masks on their prompt frames [N, H, W] bool (each non-empty).
 
-    In training the box is jittered by `box_noise`; at validation the caller passes a generator seeded by the
-    sample index so prompts are the same every epoch, and boxes are tight.
+    In training the box is jittered by `box_noise` and the first click follows `first_point`; at validation the
+    caller passes a generator seeded by the sample index so prompts are the same every epoch, boxes are tight and
+    the first click is the mask's centre (as Meta's evaluation clicks).
     """
     prompt_type = prompt_type or cfg.type
-    n, h, w = first_masks.shape
+    first_point = cfg.first_point if train else "center"
+    n, h, w = prompt_masks.shape
     kinds, boxes, coords, labels = [], [], [], []
     for k in range(n):
-        mask = first_masks[k]
+        mask = prompt_masks[k]
         kind = choose_kind(cfg, prompt_type, g)
         kinds.append(kind)
         boxes.append(noisy_box(mask, cfg.box_noise, g if train else None))
         if kind == PROMPT_POINT:
-            c, lab = sample_points(mask, cfg.num_pos_points, cfg.num_neg_points, g)
+            c, lab = sample_points(mask, cfg.num_pos_points, cfg.num_neg_points, g, first_point)
         else:
             c, lab = torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)
         coords.append(c)
@@ -111,5 +116,5 @@ def make_prompts(
         point_coords=point_coords,
         point_labels=point_labels,
         boxes=torch.stack(boxes) if n else torch.zeros(0, 4),
-        masks=first_masks.float(),
+        masks=prompt_masks.float(),
     )

@@ -2,18 +2,21 @@
 
 Training: an epoch's index is a list of windows of `clip_length` annotated frames whose starts are `stride` apart;
 each draw jitters the start within its stride with a per-sample generator, so every epoch sees different but
-reproducible clips. Validation: whole videos (or `val_clip_length` windows), deterministic.
+reproducible clips. Validation: whole videos (or `val_clip_length` windows), deterministic. Several training sources
+are mixed by weight in `MixedClips`, still a pure function of (seed, epoch, index).
 """
 
 from __future__ import annotations
 
+import bisect
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 
 from .source_base import DataError, FrameMasks, VideoInfo
 
@@ -157,3 +160,90 @@ class EpochSampler(Sampler[int]):
         if self.shuffle:
             return -(-self.size // self.world_size)
         return len(range(self.rank, self.size, self.world_size))
+
+
+# ---------------------------------------------------------------------------------------------- mixing sources
+def apportion(total: int, weights: Sequence[float]) -> list[int]:
+    """Counts proportional to `weights` that sum to `total` (largest remainder, exact arithmetic; ties go to the
+    earlier source)."""
+    exact = [Fraction(w) for w in weights]
+    shares = [Fraction(total) * w / sum(exact) for w in exact]
+    counts = [int(s) for s in shares]
+    by_remainder = sorted(range(len(shares)), key=lambda s: (counts[s] - shares[s], s))
+    for s in by_remainder[: total - sum(counts)]:
+        counts[s] += 1
+    return counts
+
+
+def _mixed_seed(*values: int) -> int:
+    mixed = np.random.SeedSequence([v & 0xFFFFFFFF for v in values]).generate_state(1, dtype=np.uint64)[0]
+    return int(mixed) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class MixedClips(Dataset):
+    """Training clips of several sources, mixed by weight: a pure function of (seed, epoch, index), so it works
+    with `EpochSampler` (its shuffling, sharding and mid-epoch resume) exactly as one ClipDataset does.
+
+    An epoch has `len(self)` = the sum of every source's windows; source s gets `counts[s]` of them, in
+    proportion to its weight (`apportion`). A source drawn less than its size gets a different random subset of
+    its windows each epoch (seeded by (seed, epoch, s)); one drawn more repeats every window `counts // size`
+    times plus a random subset once more. Item `epoch * len(self) + k` is entry k of the epoch's plan, ordered by
+    source (the sampler shuffles): `(s, window i, repeat r)`, read from part s as item `draw * size_s + i` with
+    `draw = (epoch * S + s) * R_s + r` (S sources, R_s = ceil(counts[s] / size_s)), so every repeat of every
+    source has its own sample generator (ClipDataset: item `e * size + i` is window i drawn with the generator of
+    (seed, e, i)). With one source and the same number of clips, item k is the part's item k: the same clips as
+    training on that source alone.
+    """
+
+    def __init__(
+        self, parts: Sequence[Dataset], weights: Sequence[float], seed: int, names: Sequence[str]
+    ) -> None:
+        if not parts or len(parts) != len(weights) or len(parts) != len(names):
+            raise ValueError("MixedClips needs one weight and one name per part")
+        self.parts = list(parts)
+        self.names = list(names)
+        self.seed = seed
+        self.sizes = [len(p) for p in self.parts]
+        self.counts = apportion(sum(self.sizes), weights)
+        self.repeats = [-(-n // size) for n, size in zip(self.counts, self.sizes)]
+        self.starts = np.cumsum([0, *self.counts]).tolist()
+        self._picks: tuple[int, dict[int, list[int]]] = (-1, {})
+        starved = [f"{name} (weight {w})" for name, w, n in zip(self.names, weights, self.counts) if n == 0]
+        if starved:
+            warnings.warn(
+                f"training sources that get no clip in an epoch of {len(self)}: {', '.join(starved)}; raise their "
+                "weight",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def _extra(self, epoch: int, s: int) -> list[int]:
+        """Windows of source s drawn once more than the others this epoch (a subset, seeded by (seed, epoch, s))."""
+        if self._picks[0] != epoch:
+            self._picks = (epoch, {})
+        picks = self._picks[1]
+        if s not in picks:
+            size, extra = self.sizes[s], self.counts[s] % self.sizes[s]
+            g = torch.Generator().manual_seed(_mixed_seed(self.seed, epoch, s, 0x6D6978))
+            picks[s] = sorted(torch.randperm(size, generator=g)[:extra].tolist())
+        return picks[s]
+
+    def locate(self, item: int) -> tuple[int, int, int]:
+        """(source, window, repeat) of an item of the sampler's encoding (`epoch * len(self) + k`)."""
+        epoch, k = divmod(int(item), len(self))
+        s = bisect.bisect_right(self.starts, k) - 1
+        k -= self.starts[s]
+        size = self.sizes[s]
+        full = self.counts[s] // size
+        if k < full * size:
+            return s, k % size, k // size
+        return s, self._extra(epoch, s)[k - full * size], full
+
+    def __getitem__(self, item: int):
+        epoch = int(item) // len(self)
+        s, i, r = self.locate(item)
+        draw = (epoch * len(self.parts) + s) * self.repeats[s] + r
+        return self.parts[s][draw * self.sizes[s] + i]

@@ -5,10 +5,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..config import UserError
+from ..config import ConfigError, UserError
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 class DataError(UserError):
@@ -80,3 +84,81 @@ class VideoSource(ABC):
     def load_masks(self, video: VideoInfo, pos: int) -> FrameMasks:
         """Masks of the annotated frame at position `pos`, resized to the frame's size with nearest-neighbour when
         they are off by at most 2 px (with a warning), DataError otherwise."""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One configured source: `data.train_path`, an entry of `data.train`, or `data.val_path`."""
+
+    path: str
+    format: str | None
+    images_root: str | None
+    videos: tuple[str, ...] | None
+    weight: float
+    name: str
+    """Label in logs and errors: the entry's `name`, else the path's last part."""
+    key: str
+    """The config key that sets it: data.train_path, data.train[i] or data.val_path."""
+
+    @property
+    def where(self) -> str:
+        """How messages name the source: `data.train[1] (ytvos)`, or the key alone for a single path."""
+        return f"{self.key} ({self.name})" if self.key.startswith("data.train[") else self.key
+
+
+def configured_sources(cfg: Config, train: bool) -> list[SourceSpec]:
+    """The sources of the train (or val) split: every entry of `data.train` when it is set, else
+    `data.train_path` with `data.train_videos`, `data.format` and `data.images_root` (val: `data.val_path`);
+    empty when the split is not configured. Setting both `data.train` and `data.train_path` is an error, as are
+    two entries with one name."""
+    data = cfg.data
+    if not train:
+        if data.val_path is None:
+            return []
+        videos = tuple(data.val_videos) if data.val_videos is not None else None
+        return [
+            SourceSpec(
+                str(data.val_path),
+                data.format,
+                data.images_root,
+                videos,
+                1.0,
+                Path(data.val_path).name,
+                "data.val_path",
+            )
+        ]
+    if not data.train:
+        if data.train_path is None:
+            return []
+        videos = tuple(data.train_videos) if data.train_videos is not None else None
+        name = Path(data.train_path).name
+        return [
+            SourceSpec(
+                str(data.train_path), data.format, data.images_root, videos, 1.0, name, "data.train_path"
+            )
+        ]
+    if data.train_path is not None or data.train_videos is not None:
+        raise ConfigError(
+            "config keys 'data.train' and 'data.train_path'/'data.train_videos' are both set: data.train lists "
+            "every training source, so set data.train_path and data.train_videos to null"
+        )
+    specs: list[SourceSpec] = []
+    for i, entry in enumerate(data.train):
+        name = entry.name or Path(entry.path).name
+        videos = tuple(entry.videos) if entry.videos is not None else None
+        spec = SourceSpec(
+            str(entry.path),
+            entry.format,
+            entry.images_root,
+            videos,
+            float(entry.weight),
+            name,
+            f"data.train[{i}]",
+        )
+        twin = next((s for s in specs if s.name == name), None)
+        if twin is not None:
+            raise ConfigError(
+                f"config keys '{twin.key}' and '{spec.key}' are both named '{name}': give one a distinct 'name'"
+            )
+        specs.append(spec)
+    return specs

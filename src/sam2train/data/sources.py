@@ -1,7 +1,7 @@
 """Dataset readers, one per storage format, behind `VideoSource` (see source_base.py), and `open_source`.
 
 This file holds the DAVIS/MOSE folder reader and the helpers every reader shares; the COCO-video and SA-V
-JSON readers are in sources_json.py. Every reader lists and validates its videos at construction (in the main
+JSON readers are in sources_json.py, the YouTube-VOS reader (DAVIS folders plus `meta.json`) in sources_ytvos.py. Every reader lists and validates its videos at construction (in the main
 process, before training) and reads one frame per call afterwards, holding no open file, so it pickles into
 data workers.
 
@@ -276,15 +276,23 @@ class DavisSource(ImageFileSource):
     (listed in `skipped` and in the warning), as is one without any object.
     """
 
+    layout = "DAVIS layout: <root>/JPEGImages/<video>/<frame>.jpg and <root>/Annotations/<video>/<frame>.png"
+
     def __init__(self, root: str | Path, videos: Sequence[str] | None = None, resolution: str | None = None):
+        self._open_root(root, resolution)
+        names = sorted(
+            {d.name for d in _subdirs(self.image_root)} | {d.name for d in _subdirs(self.mask_root)}
+        )
+        found = self._scan_videos(select_videos(names, videos, self.path))
+        self.videos = finish(found, self.skipped, self.path)
+
+    def _open_root(self, root: str | Path, resolution: str | None) -> None:
+        """Check the two folders, pick the resolution level, and start empty listings."""
         self.path = Path(root)
         images, annotations = self.path / "JPEGImages", self.path / "Annotations"
         for folder in (self.path, images, annotations):
             if not folder.is_dir():
-                raise DataError(
-                    f"dataset folder not found: {folder} (DAVIS layout: "
-                    "<root>/JPEGImages/<video>/<frame>.jpg and <root>/Annotations/<video>/<frame>.png)"
-                )
+                raise DataError(f"dataset folder not found: {folder} ({self.layout})")
         self.resolution = _pick_resolution(images, resolution)
         if self.resolution is not None:
             images = images / self.resolution
@@ -293,15 +301,16 @@ class DavisSource(ImageFileSource):
             elif _is_resolution_level(annotations):
                 raise DataError(f"{annotations}: no '{self.resolution}' subfolder to match {images}")
         self.image_root, self.mask_root = images, annotations
-        names = sorted({d.name for d in _subdirs(images)} | {d.name for d in _subdirs(annotations)})
-        names = select_videos(names, videos, self.path)
-        listed = {n: _list_masks(annotations / n) for n in names if (annotations / n).is_dir()}
-        folder_ids = {obj for masks in listed.values() for entries in masks.values() for obj, _ in entries}
-        self.object_id_offset = 1 if 0 in folder_ids else 0
         self._masks: dict[str, dict[int, tuple[tuple[int | None, Path], ...]]] = {}
         self._binary: set[str] = set()
         self._resize: set[Path] = set()
         self.skipped: dict[str, str] = {}
+
+    def _scan_videos(self, names: Sequence[str]) -> list[VideoInfo]:
+        """VideoInfo of each usable video of `names`; the others go to `skipped` with the reason."""
+        listed = {n: _list_masks(self.mask_root / n) for n in names if (self.mask_root / n).is_dir()}
+        folder_ids = {obj for masks in listed.values() for entries in masks.values() for obj, _ in entries}
+        self.object_id_offset = 1 if 0 in folder_ids else 0
         found = []
         for name in names:
             info = self._scan(name, listed.get(name))
@@ -309,7 +318,11 @@ class DavisSource(ImageFileSource):
                 self.skipped[name] = info
             else:
                 found.append(info)
-        self.videos = finish(found, self.skipped, self.path)
+        return found
+
+    def _check_video(self, name: str, frames: list[Path], stem_ids: dict[str, set[int]]) -> None:
+        """Hook for formats that index their videos elsewhere too (YouTube-VOS `meta.json`): DataError when
+        that index disagrees with the files. `stem_ids`: object ids on each annotated frame, by file stem."""
 
     def _scan(self, name: str, masks: dict[str, list[tuple[int | None, Path]]] | None) -> VideoInfo | str:
         """The video's VideoInfo, or the reason to skip it."""
@@ -328,22 +341,16 @@ class DavisSource(ImageFileSource):
         for stem, entries in masks.items():
             if stem not in pos_of:
                 raise DataError(f"mask {entries[0][1]} has no frame: no {img_dir / stem}.jpg|.jpeg|.png")
-        values: dict[int | None, set[int]] = {}
-        for entries in masks.values():
+        values: dict[str, list[tuple[int | None, set[int]]]] = {}
+        for stem, entries in masks.items():
             for obj, path in entries:
                 mask_hw, vals = _mask_header(path)
                 if mask_needs_resize(mask_hw, size, f"video {name}: {path}"):
                     self._resize.add(path)
-                values.setdefault(obj, set()).update(vals)
-        if None in values:  # one label PNG per frame
-            vals = values[None]
-            binary = vals <= {0, VOID_ID} and VOID_ID in vals
-            ids = [1] if binary else sorted(vals - {0, VOID_ID})
-            if binary:
-                self._binary.add(name)
-        else:
-            offset = self.object_id_offset
-            ids = sorted(obj + offset for obj, vals in values.items() if obj is not None and vals - {0})
+                values.setdefault(stem, []).append((obj, vals))
+        stem_ids = self._stem_ids(name, values)
+        self._check_video(name, frames, stem_ids)
+        ids = sorted(set().union(*stem_ids.values()))
         if not ids:
             return "no object in any annotated frame"
         self._masks[name] = {
@@ -353,6 +360,22 @@ class DavisSource(ImageFileSource):
         indices = frame_indices([p.stem for p in frames])
         refs = [FrameRef(index=i, image=p, annotated=p.stem in masks) for i, p in zip(indices, frames)]
         return VideoInfo(name=name, frames=refs, size=size, object_ids=ids)
+
+    def _stem_ids(
+        self, name: str, values: dict[str, list[tuple[int | None, set[int]]]]
+    ) -> dict[str, set[int]]:
+        """Object ids per frame stem from the masks' pixel values (marks binary videos)."""
+        if any(obj is None for entries in values.values() for obj, _ in entries):  # one label PNG per frame
+            every = set().union(*(vals for entries in values.values() for _, vals in entries))
+            if every <= {0, VOID_ID} and VOID_ID in every:
+                self._binary.add(name)
+                return {s: {1} if VOID_ID in es[0][1] else set() for s, es in values.items()}
+            return {s: es[0][1] - {0, VOID_ID} for s, es in values.items()}
+        offset = self.object_id_offset
+        return {
+            s: {obj + offset for obj, vals in es if obj is not None and vals - {0}}
+            for s, es in values.items()
+        }
 
     def _read(self, path: Path, size: tuple[int, int], video: str) -> np.ndarray:
         arr = read_mask(path)
@@ -379,12 +402,20 @@ class DavisSource(ImageFileSource):
 
 
 # ---------------------------------------------------------------------------------------------- entry point
+FORMATS = ("davis", "coco_video", "sav", "youtube_vos")
+
+
 def _detect(path: Path) -> tuple[str, object]:
     """(format, parsed JSON or None) for a dataset path."""
     from .sources_json import read_json
 
     if path.is_dir():
-        if not (path / "JPEGImages").is_dir() and any(path.glob("*_manual.json")):
+        has_folders = (path / "JPEGImages").is_dir() and (path / "Annotations").is_dir()
+        if has_folders and (path / "meta.json").is_file():
+            return "youtube_vos", None
+        if not (path / "JPEGImages").is_dir() and (
+            any(path.glob("*_manual.json")) or any(path.glob("*_auto.json"))
+        ):
             return "sav", None
         return "davis", None
     if path.suffix.lower() != ".json":
@@ -412,13 +443,16 @@ def open_source(
     images_root: str | Path | None = None,
     videos: Sequence[str] | None = None,
 ) -> VideoSource:
-    """The reader for `path`: a DAVIS-layout folder, a COCO-video JSON, or an SA-V JSON / folder of JSONs.
+    """The reader for `path`: a DAVIS-layout folder, a YouTube-VOS folder, a COCO-video JSON, or an SA-V JSON /
+    folder of JSONs.
 
-    format: davis | coco_video | sav, detected when None (folder -> davis, or sav for a folder of
-    `*_manual.json` without JPEGImages; JSON -> by its keys). images_root: where JSON formats find frames
+    format: davis | coco_video | sav | youtube_vos, detected when None (a folder with `meta.json` beside
+    JPEGImages/ and Annotations/ -> youtube_vos; a folder of `*_manual.json` / `*_auto.json` without
+    JPEGImages -> sav; another folder -> davis; JSON -> by its keys). images_root: where JSON formats find frames
     (default: the JSON's folder). videos: keep only these videos (an unknown name is a DataError).
     """
     from .sources_json import CocoVideoSource, SavSource
+    from .sources_ytvos import YouTubeVosSource
 
     path = Path(path)
     if not path.exists():
@@ -426,14 +460,16 @@ def open_source(
     data = None
     if format is None:
         format, data = _detect(path)
+    if format in ("davis", "youtube_vos") and images_root is not None:
+        raise DataError(
+            f"{path}: images_root applies to JSON formats only; {format} frames are in JPEGImages"
+        )
     if format == "davis":
-        if images_root is not None:
-            raise DataError(
-                f"{path}: images_root applies to JSON formats only; DAVIS frames are in JPEGImages"
-            )
         return DavisSource(path, videos=videos)
+    if format == "youtube_vos":
+        return YouTubeVosSource(path, videos=videos)
     if format == "coco_video":
         return CocoVideoSource(path, images_root=images_root, videos=videos, data=data)
     if format == "sav":
         return SavSource(path, images_root=images_root, videos=videos, data=data)
-    raise DataError(f"{path}: unknown data format '{format}'; expected davis, coco_video or sav")
+    raise DataError(f"{path}: unknown data format '{format}'; expected one of {', '.join(FORMATS)}")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -294,17 +296,55 @@ class CocoVideoSource(ImageFileSource):
 
 
 # ---------------------------------------------------------------------------------------------- SA-V
+_SAV_KINDS = ("_manual", "_auto")
+
+
 def _sav_name(path: Path) -> str:
     stem = path.stem
-    for suffix in ("_manual", "_auto"):
+    for suffix in _SAV_KINDS:
         if stem.endswith(suffix):
             return stem[: -len(suffix)]
     return stem
 
 
-def _ann_every(content: dict, where: str) -> int:
+def sav_files(folder: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """The JSON of each video of an SA-V folder, and the videos left out with the reason.
+
+    SA-V train keeps two JSONs per video: `<video>_manual.json` (the masklets Meta trains on) and
+    `<video>_auto.json` (automatic ones). The manual files are read when the folder has any, else plain
+    `<video>.json` files; a video with only an `_auto.json` beside them is left out. A folder holding nothing but
+    `_auto.json` files is read with a warning (pass one `_auto.json` file to read it without one).
+    """
+    manual: dict[str, Path] = {}
+    plain: dict[str, Path] = {}
+    auto: dict[str, Path] = {}
+    for f in sorted(folder.glob("*.json")):
+        if f.name.startswith("."):
+            continue
+        kind = manual if f.stem.endswith("_manual") else auto if f.stem.endswith("_auto") else plain
+        kind[_sav_name(f)] = f
+    if not (manual or plain or auto):
+        raise DataError(f"{folder}: no SA-V JSON (*_manual.json, *.json or *_auto.json) in this folder")
+    if not (manual or plain):
+        warnings.warn(
+            f"{folder}: no *_manual.json: reading the automatic masklets (*_auto.json); Meta trains on the "
+            "manual ones",
+            UserWarning,
+            stacklevel=3,
+        )
+        return auto, {}
+    chosen = manual or plain
+    left_out = {
+        name: f"only automatic masklets ({f.name}); the manual ones (<video>_manual.json) are read"
+        for name, f in auto.items()
+        if name not in chosen
+    }
+    return chosen, left_out
+
+
+def _ann_every(content: Any, where: str) -> int:
     """Frames per masklet row: 24 // `fps` when the JSON has one (as Meta's loader), else 4."""
-    if "fps" not in content:
+    if not isinstance(content, dict) or "fps" not in content:
         return SAV_ANN_EVERY
     fps = content["fps"][0] if isinstance(content["fps"], list) and content["fps"] else content["fps"]
     if not isinstance(fps, (int, float)) or fps <= 0 or SAV_FRAMES_FPS % int(fps):
@@ -312,16 +352,123 @@ def _ann_every(content: dict, where: str) -> int:
     return SAV_FRAMES_FPS // int(fps)
 
 
+def _whole(x: Any) -> int | None:
+    """x as an int when it is a whole number > 0 (SA-V writes sizes as floats: 848.0), else None."""
+    if _is_int(x) and x > 0:
+        return x
+    if isinstance(x, float) and x.is_integer() and x > 0:
+        return int(x)
+    return None
+
+
+def sav_masklet(content: Any, where: str) -> list:
+    """The masklet rows (frames) of an SA-V JSON: its `masklet` (or `masks`, or the whole JSON when it is a list,
+    as Meta's loader reads it); DataError naming `where` otherwise."""
+    if isinstance(content, list):
+        masklet = content
+    elif isinstance(content, dict):
+        key = "masklet" if "masklet" in content or "masks" not in content else "masks"
+        require(content, (key,), where)
+        masklet = content[key]
+    else:
+        raise DataError(f"{where}: expected an SA-V object with 'masklet', got {type(content).__name__}")
+    if not isinstance(masklet, list) or not all(row is None or isinstance(row, list) for row in masklet):
+        raise DataError(f"{where}: 'masklet' must be a list (frames) of lists (objects)")
+    return masklet
+
+
+def _masklet_ids(raw: Any, n_obj: int, where: str) -> list[int]:
+    """Object ids from SA-V's `masklet_id` (0-based, one per masklet column): each + 1, as SA-V val's folder
+    `000` is object 1."""
+    entries = raw if isinstance(raw, list) else [None]
+    ids = [
+        _whole(m + 1) if isinstance(m, (int, float)) and not isinstance(m, bool) else None for m in entries
+    ]
+    if len(ids) != n_obj or None in ids or len(set(ids)) != n_obj:
+        raise DataError(
+            f"{where}: 'masklet_id' must list {n_obj} distinct ints >= 0 (one per masklet), got {raw!r}"
+        )
+    return [int(i) for i in ids]
+
+
+@dataclass
+class SavMasklets:
+    """One SA-V JSON, schema-checked (`parse_sav`)."""
+
+    every: int
+    """Frames per masklet row: masklet[k] annotates frame k * every."""
+    hw: tuple[int, int] | None
+    """(height, width) of the masks: `video_height` x `video_width`, else the RLEs' size; None without either."""
+    ids: list[int]
+    """Object id of each masklet column: `masklet_id` + 1 when the JSON has it, else column + 1."""
+    rows: dict[int, set[int]]
+    """Annotated rows (every entry a valid RLE) -> ids of the objects with pixels there."""
+    problems: list[str]
+    """Entry-level problems ('masklet[k][j]: ...'); the file is usable when there is none."""
+
+
+def parse_sav(content: Any, where: str, ann_every: int | None = None) -> SavMasklets:
+    """Check an SA-V JSON as Meta's `JSONSegmentLoader` reads it. A row that is null or holds a null entry is an
+    unannotated frame. Other SA-V keys (`masklet_first_appeared_frame`, `masklet_type`, ...) are not needed:
+    objects that appear later have empty masks on the rows before. DataError (naming `where`) when the file
+    cannot be read at all; entry problems are listed in `problems`."""
+    masklet = sav_masklet(content, where)
+    meta = content if isinstance(content, dict) else {}
+    hw = None
+    if "video_height" in meta or "video_width" in meta:
+        require(meta, ("video_height", "video_width"), where)
+        h, w = _whole(meta["video_height"]), _whole(meta["video_width"])
+        if h is None or w is None:
+            got = [meta["video_height"], meta["video_width"]]
+            raise DataError(f"{where}: 'video_height' and 'video_width' must be whole numbers > 0, got {got}")
+        hw = (h, w)
+    every = ann_every if ann_every is not None else _ann_every(meta, where)
+    n_obj = next((len(row) for row in masklet if row is not None), 0)
+    ids = (
+        _masklet_ids(meta["masklet_id"], n_obj, where) if "masklet_id" in meta else list(range(1, n_obj + 1))
+    )
+    out = SavMasklets(every, hw, ids, {}, [])
+    for k, row in enumerate(masklet):
+        if row is None:
+            continue
+        if len(row) != n_obj:
+            out.problems.append(f"masklet[{k}] has {len(row)} objects, the first annotated row has {n_obj}")
+            continue
+        ok = True
+        for j, seg in enumerate(row):
+            if seg is None:
+                continue
+            label = f"masklet[{k}][{j}]"
+            try:
+                size = check_segmentation(seg, label, polygons=False)
+            except DataError as exc:
+                out.problems.append(str(exc))
+                ok = False
+                continue
+            if out.hw is None:
+                out.hw = size
+            elif size != out.hw:
+                what = "[video_height, video_width]" if hw is not None else "the first RLE's size"
+                out.problems.append(f"{label}: RLE size {list(size)} is not {what} {list(out.hw)}")
+                ok = False
+        if ok and n_obj and None not in row:
+            out.rows[k] = {i for i, seg in zip(ids, row) if _area(seg) > 0}
+    return out
+
+
 class SavSource(ImageFileSource):
-    """SA-V annotations: one JSON per video (`<video>_manual.json`; a folder of them, or one file) with
-    `masklet` (per annotated frame, one RLE per object, or null), `video_height` and `video_width`; frames are
-    JPEGs `images_root/<video>/%05d.jpg` at 24 fps, as Meta's trainer extracts them (default images_root: the
-    JSON's folder).
+    """SA-V annotations: one JSON per video with `masklet` (per annotated frame, one RLE per object), as Meta's
+    `JSONRawDataset` reads them; a folder of them, or one file. In a folder, `<video>_manual.json` is read (the
+    masklets Meta trains on; `<video>_auto.json` beside it is not): see `sav_files`. Frames are JPEGs
+    `images_root/<video>/%05d.jpg` at 24 fps, as Meta's trainer extracts them (default images_root: the JSON's
+    folder).
 
     masklet[k] annotates frame k * ann_every (ann_every: as given, else 24 // `fps` when the JSON has `fps`,
-    else 4). As in Meta's loader, a masklet row with a null entry is an unannotated frame. Object id: masklet
-    index + 1. Masklets are re-read from the JSON when loading (the last video's stays cached), not kept in
-    memory for every video.
+    else 4: SA-V annotates at 6 fps). As in Meta's loader, a row that is null or holds a null entry is an
+    unannotated frame. Object id: `masklet_id` + 1 when the JSON has it, else masklet index + 1. `video_height`
+    and `video_width` (floats in SA-V) are optional; masks must match them, or each other. Objects that appear
+    later are empty before (see `parse_sav`). Masklets are re-read from the JSON when loading (the last video's
+    stays cached), not kept in memory for every video.
     """
 
     def __init__(
@@ -334,27 +481,24 @@ class SavSource(ImageFileSource):
     ):
         """`data`: the already parsed content of `path` when it is one JSON file, or None to read it."""
         self.path = Path(path)
+        self.skipped: dict[str, str] = {}
         if self.path.is_dir():
-            files = sorted(self.path.glob("*_manual.json")) or sorted(self.path.glob("*.json"))
-            if not files:
-                raise DataError(f"{self.path}: no SA-V JSON (*_manual.json or *.json) in this folder")
+            self._json, left_out = sav_files(self.path)
         elif self.path.is_file():
-            files = [self.path]
+            self._json, left_out = {_sav_name(self.path): self.path}, {}
         else:
             raise DataError(f"SA-V JSON or folder not found: {self.path}")
         default_root = self.path if self.path.is_dir() else self.path.parent
         self.images_root = Path(images_root) if images_root is not None else default_root
-        self._json: dict[str, Path] = {}
-        for f in files:
-            if _sav_name(f) in self._json:
-                raise DataError(f"{f} and {self._json[_sav_name(f)]} describe the same video")
-            self._json[_sav_name(f)] = f
         self._frame_k: dict[str, dict[int, int]] = {}
+        self._ids: dict[str, list[int]] = {}
         self._resize: set[str] = set()
         self._cache: tuple[str, list] | None = None
-        self.skipped: dict[str, str] = {}
         found = []
-        for name in select_videos(sorted(self._json), videos, self.path):
+        for name in select_videos(sorted({*self._json, *left_out}), videos, self.path):
+            if name in left_out:
+                self.skipped[name] = left_out[name]
+                continue
             content = (
                 data if data is not None and self._json[name] == self.path else read_json(self._json[name])
             )
@@ -365,36 +509,13 @@ class SavSource(ImageFileSource):
                 found.append(info)
         self.videos = finish(found, self.skipped, self.path)
 
-    @staticmethod
-    def _masklet_schema(content: Any, where: str) -> tuple[list[int], list[int]]:
-        """(annotated masklet rows, total area per object), with every RLE schema-checked."""
-        require(content, ("masklet", "video_height", "video_width"), where)
-        masklet, hw = content["masklet"], [content["video_height"], content["video_width"]]
-        if not all(_is_int(x) and x > 0 for x in hw):
-            raise DataError(f"{where}: 'video_height' and 'video_width' must be ints > 0, got {hw}")
-        if not isinstance(masklet, list) or not all(isinstance(row, list) for row in masklet):
-            raise DataError(f"{where}: 'masklet' must be a list (frames) of lists (objects)")
-        n_obj = len(masklet[0]) if masklet else 0
-        rows, area = [], [0] * n_obj
-        for k, row in enumerate(masklet):
-            if len(row) != n_obj:
-                raise DataError(f"{where}: masklet[{k}] has {len(row)} objects, masklet[0] has {n_obj}")
-            for j, seg in enumerate(row):
-                label = f"{where}: masklet[{k}][{j}]"
-                if seg is not None and list(check_segmentation(seg, label, polygons=False) or ()) != hw:
-                    raise DataError(
-                        f"{label}: RLE size {seg['size']} is not [video_height, video_width] {hw}"
-                    )
-            if n_obj and None not in row:
-                rows.append(k)
-                area = [a + _area(seg) for a, seg in zip(area, row)]
-        return rows, area
-
     def _scan(self, name: str, content: Any, ann_every: int | None) -> VideoInfo | str:
         """The video's VideoInfo, or the reason to skip it."""
         where = str(self._json[name])
-        rows, area = self._masklet_schema(content, where)
-        every = ann_every if ann_every is not None else _ann_every(content, where)
+        parsed = parse_sav(content, where, ann_every)
+        if parsed.problems:
+            raise DataError(f"{where}: {parsed.problems[0]}")
+        every = parsed.every
         img_dir = self.images_root / name
         if not img_dir.is_dir():
             return f"no frames folder {img_dir}"
@@ -406,20 +527,20 @@ class SavSource(ImageFileSource):
             raise DataError(f"frame {bad}: SA-V frames must be named by frame number (%05d.jpg)")
         frames = sort_stems(files)
         index_of = {int(p.stem): pos for pos, p in enumerate(frames)}
-        for k in rows:
+        for k in parsed.rows:
             if k * every not in index_of:
                 missing = img_dir / f"{k * every:05d}.jpg"
                 raise DataError(
                     f"{where}: masklet[{k}] annotates frame {k * every}, but {missing} is missing"
                 )
         size = check_frame_sizes(frames)
-        hw = (content["video_height"], content["video_width"])
-        if mask_needs_resize(hw, size, f"{where} (video_height x video_width vs {frames[0]})"):
+        if parsed.hw is not None and mask_needs_resize(parsed.hw, size, f"{where} (masks vs {frames[0]})"):
             self._resize.add(name)
-        ids = [j + 1 for j, a in enumerate(area) if a > 0]
+        ids = sorted(set().union(*parsed.rows.values())) if parsed.rows else []
         if not ids:
             return "no object in any annotated frame"
-        self._frame_k[name] = {index_of[k * every]: k for k in rows}
+        self._frame_k[name] = {index_of[k * every]: k for k in parsed.rows}
+        self._ids[name] = parsed.ids
         refs = [
             FrameRef(index=int(p.stem), image=p, annotated=pos in self._frame_k[name])
             for pos, p in enumerate(frames)
@@ -428,7 +549,8 @@ class SavSource(ImageFileSource):
 
     def _masklet(self, name: str) -> list:
         if self._cache is None or self._cache[0] != name:
-            self._cache = (name, read_json(self._json[name])["masklet"])
+            path = self._json[name]
+            self._cache = (name, sav_masklet(read_json(path), str(path)))
         return self._cache[1]
 
     def __getstate__(self) -> dict:
@@ -437,16 +559,16 @@ class SavSource(ImageFileSource):
         return state
 
     def load_masks(self, video: VideoInfo, pos: int) -> FrameMasks:
-        """Masks of the annotated frame at `pos`: [K, H, W] bool per visible object (id masklet index + 1)."""
+        """Masks of the annotated frame at `pos`: [K, H, W] bool per visible object."""
         self._annotated_frame(video, pos)
         k = self._frame_k[video.name][pos]
         where = f"{self._json[video.name]}: masklet[{k}]"
         objects = {}
-        for j, seg in enumerate(self._masklet(video.name)[k]):
+        for j, (obj, seg) in enumerate(zip(self._ids[video.name], self._masklet(video.name)[k])):
             mask = decode_segmentation(seg, video.size, f"{where}[{j}]")
             if mask.shape != tuple(video.size):
                 if video.name not in self._resize:
                     mask_needs_resize(mask.shape, video.size, f"{where}[{j}]")
                 mask = resize_nearest(mask, video.size)
-            objects[j + 1] = mask
+            objects[obj] = mask
         return stack_masks(objects, video.size)

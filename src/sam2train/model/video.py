@@ -20,16 +20,19 @@ Choices that decide the numbers (see docs/REFERENCE.md, "Matching Meta's predict
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from sam2train.data.batch import PROMPT_BOX, PROMPT_MASK, PROMPT_NONE, PROMPT_POINT, Prompts, VideoBatch
+from sam2train.model.corrections import Clicker, prompts_from_ground_truth
 
 if TYPE_CHECKING:
     from sam2.modeling.sam2_base import SAM2Base
+
+    from sam2train.config import PromptsConfig
 
 NO_OBJ_LOGIT = -1024.0
 """Logit of padded objects (and of SAM 2's masks when the object score says 'absent')."""
@@ -91,6 +94,10 @@ class FrameOutput:
     iou_pred:            [n, M] predicted IoU of each candidate (repeated likewise)
     is_multimask:        [n] bool, whether the frame produced M distinct candidates
     object_score_logits: [n] > 0 means the object is present
+    Every prompting step of the frame (K = 1 + correction clicks; the last step is the kept result), for the
+    official loss, which supervises them all:
+    step_multimask_logits: [n, K, M, h, w]; step_iou_pred: [n, K, M]; step_object_score_logits: [n, K];
+    step_valid: [n, K] bool (False where a merged object made fewer steps)
     """
 
     low_res_logits: torch.Tensor
@@ -98,13 +105,54 @@ class FrameOutput:
     iou_pred: torch.Tensor
     is_multimask: torch.Tensor
     object_score_logits: torch.Tensor
+    step_multimask_logits: torch.Tensor
+    step_iou_pred: torch.Tensor
+    step_object_score_logits: torch.Tensor
+    step_valid: torch.Tensor
 
     @staticmethod
     def merge(parts: list[FrameOutput], order: torch.Tensor) -> FrameOutput:
-        """Concatenate per-group outputs (objects `order`, concatenated) back into object order."""
+        """Concatenate per-group outputs (objects `order`, concatenated) back into object order; step axes are
+        padded to the longest."""
+        if len(parts) == 1:
+            inverse = torch.argsort(order).to(parts[0].low_res_logits.device)
+            return FrameOutput(**{f.name: getattr(parts[0], f.name)[inverse] for f in fields(FrameOutput)})
+        k = max(p.step_valid.shape[1] for p in parts)
+        parts = [p.pad_steps(k) for p in parts]
         inverse = torch.argsort(order).to(parts[0].low_res_logits.device)
         return FrameOutput(
             **{f.name: torch.cat([getattr(p, f.name) for p in parts])[inverse] for f in fields(FrameOutput)}
+        )
+
+    def pad_steps(self, k: int) -> FrameOutput:
+        """The same output with K padded to k (padding: NO_OBJ_LOGIT logits, IoU 0, step_valid False)."""
+        extra = k - self.step_valid.shape[1]
+        if extra <= 0:
+            return self
+
+        def pad(x: torch.Tensor, value: float | bool) -> torch.Tensor:
+            shape = list(x.shape)
+            shape[1] = extra
+            return torch.cat([x, x.new_full(shape, value)], dim=1)
+
+        return replace(
+            self,
+            step_multimask_logits=pad(self.step_multimask_logits, NO_OBJ_LOGIT),
+            step_iou_pred=pad(self.step_iou_pred, 0.0),
+            step_object_score_logits=pad(self.step_object_score_logits, NO_OBJ_LOGIT),
+            step_valid=pad(self.step_valid, False),
+        )
+
+    @staticmethod
+    def stack_steps(steps: list[FrameOutput]) -> FrameOutput:
+        """The last step's result with the step axes of all `steps` (single-step outputs) concatenated."""
+        last = steps[-1]
+        return replace(
+            last,
+            step_multimask_logits=torch.cat([s.step_multimask_logits for s in steps], dim=1),
+            step_iou_pred=torch.cat([s.step_iou_pred for s in steps], dim=1),
+            step_object_score_logits=torch.cat([s.step_object_score_logits for s in steps], dim=1),
+            step_valid=torch.cat([s.step_valid for s in steps], dim=1),
         )
 
 
@@ -112,8 +160,7 @@ class FrameOutput:
 class _Decoded:
     """SAM heads' result for n objects: the FrameOutput plus what memory needs.
 
-    high_res_masks: [n, 1, S, S] the kept mask upsampled (None after a merge); obj_ptr: [n, C];
-    object_score_logits: [n, 1]
+    high_res_masks: [n, 1, S, S] the kept mask upsampled; obj_ptr: [n, C]; object_score_logits: [n, 1]
     """
 
     out: FrameOutput
@@ -126,7 +173,7 @@ class _Decoded:
         inverse = torch.argsort(order).to(parts[0].obj_ptr.device)
         return _Decoded(
             out=FrameOutput.merge([p.out for p in parts], order),
-            high_res_masks=None,
+            high_res_masks=torch.cat([p.high_res_masks for p in parts])[inverse],
             obj_ptr=torch.cat([p.obj_ptr for p in parts])[inverse],
             object_score_logits=torch.cat([p.object_score_logits for p in parts])[inverse],
         )
@@ -200,22 +247,32 @@ def _ensure_rope_trainable(model: torch.nn.Module) -> None:
 
 
 class VideoTracker:
-    """Tracks n objects through one video with SAM 2's memory: `prompt` once, then `step` frame by frame.
+    """Tracks n objects through one video with SAM 2's memory: `prompt` on each conditioning frame, then `step`
+    frame by frame.
 
     Objects may come from different clips (`frame_index` picks each object's frame in the `FrameFeatures`), but
     share `num_frames`, the source video's length, which scales SAM 2's object-pointer time encoding.
     Memory is bounded: after each step only the non-prompted frames that the next step can attend to are kept
     (the last `num_maskmem` memories, the last `max_obj_ptrs_in_encoder` pointers), so long videos stream.
+    `memory_from_low_res` encodes a prompted frame's memory from its low-res logits upsampled, as
+    SAM2VideoPredictor does (default); False uses the heads' own high-res mask, as Meta's `SAM2Train` does.
     """
 
     def __init__(
-        self, model: SAM2Base, num_frames: int, *, bptt: bool = True, mask_prompt_passthrough: bool = True
+        self,
+        model: SAM2Base,
+        num_frames: int,
+        *,
+        bptt: bool = True,
+        mask_prompt_passthrough: bool = True,
+        memory_from_low_res: bool = True,
     ) -> None:
         self.model = model
         # The pointer time encoding divides by min(num_frames, max_obj_ptrs_in_encoder) - 1.
         self.num_frames = max(int(num_frames), 2)
         self.bptt = bptt
         self.mask_prompt_passthrough = mask_prompt_passthrough
+        self.memory_from_low_res = memory_from_low_res
         self.memory: dict[str, dict[int, dict]] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
         self.num_objects = 0
         _ensure_rope_trainable(model)
@@ -226,89 +283,172 @@ class VideoTracker:
         return m.sam_mask_decoder.num_multimask_outputs if m.multimask_output_in_sam else 1
 
     def prompt(
-        self, frame_idx: int, frames: FrameFeatures, prompts: Prompts, frame_index: torch.Tensor | None = None
+        self,
+        frame_idx: int,
+        frames: FrameFeatures,
+        prompts: Prompts,
+        frame_index: torch.Tensor | None = None,
+        *,
+        gt: torch.Tensor | None = None,
+        clicker: Clicker | None = None,
     ) -> FrameOutput:
-        """Segment the prompted frame (prompts with a leading object axis, n objects) and store it as the
-        conditioning memory. `frame_index` [n] (default all 0) picks each object's frame in `frames`."""
+        """Segment a conditioning frame from prompts (leading object axis, n objects) and store it as
+        conditioning memory. `frame_index` [n] (default all 0) picks each object's frame in `frames`.
+        With a `clicker` (and the frame's ground truth gt [n, S, S] bool), objects prompted with points or a box
+        get correction clicks, every step kept in the output's step axes."""
         n = self.num_objects = prompts.kind.numel()
         frame_index = torch.zeros(n, dtype=torch.long) if frame_index is None else frame_index.cpu()
         groups = group_prompts(prompts, self.model.image_size)
         parts = []
         for g in groups:
             feats, pos = frames.gather(frame_index[g.index])
-            parts.append(
-                self._decode(frame_idx, True, feats, pos, frames.sizes, g.point_inputs, g.mask_inputs)
-            )
+            high_res = self._high_res(feats, frames.sizes)
+            if g.mask_inputs is not None and self.mask_prompt_passthrough:
+                parts.append(self._passthrough(feats, frames.sizes, high_res, g.mask_inputs))
+                continue
+            pix = self._conditioned(frame_idx, True, feats, pos, frames.sizes)
+            decoded = self._heads(pix, high_res, g.point_inputs, g.mask_inputs, True)
+            if clicker is not None and g.point_inputs is not None:
+                assert gt is not None, "correction clicks need the ground truth"
+                decoded = self._correct(
+                    decoded, pix, high_res, g.point_inputs, True, gt[g.index], clicker.subset(g.index)
+                )
+            parts.append(decoded)
         decoded = _Decoded.merge(parts, torch.cat([g.index for g in groups]))
-        # As the predictor: the prompted frame's memory comes from its low-res logits upsampled to the input.
-        size = (self.model.image_size, self.model.image_size)
-        low = decoded.out.low_res_logits[:, None]
-        decoded.high_res_masks = F.interpolate(low, size=size, mode="bilinear", align_corners=False)
+        if self.memory_from_low_res:
+            size = (self.model.image_size, self.model.image_size)
+            low = decoded.out.low_res_logits[:, None]
+            decoded.high_res_masks = F.interpolate(low, size=size, mode="bilinear", align_corners=False)
         feats, _ = frames.gather(frame_index)
         self._remember("cond_frame_outputs", frame_idx, feats, frames.sizes, decoded, True)
         return decoded.out
 
     def step(
-        self, frame_idx: int, frames: FrameFeatures, frame_index: torch.Tensor | None = None
+        self,
+        frame_idx: int,
+        frames: FrameFeatures,
+        frame_index: torch.Tensor | None = None,
+        *,
+        gt: torch.Tensor | None = None,
+        clicker: Clicker | None = None,
+        as_cond: bool = False,
     ) -> FrameOutput:
-        """Track all objects into frame `frame_idx` (after the prompted frame) and add it to memory."""
+        """Track all objects into frame `frame_idx` and add it to memory. With a `clicker` (and gt [n, S, S]
+        bool) the frame gets correction clicks and, with `as_cond`, becomes conditioning memory."""
         if not self.memory["cond_frame_outputs"]:
             raise RuntimeError("VideoTracker.step before prompt: no prompted frame in memory")
         n = self.num_objects
         frame_index = torch.zeros(n, dtype=torch.long) if frame_index is None else frame_index.cpu()
         feats, pos = frames.gather(frame_index)
-        decoded = self._decode(frame_idx, False, feats, pos, frames.sizes, None, None)
-        self._remember("non_cond_frame_outputs", frame_idx, feats, frames.sizes, decoded, False)
+        high_res = self._high_res(feats, frames.sizes)
+        pix = self._conditioned(frame_idx, False, feats, pos, frames.sizes)
+        decoded = self._heads(pix, high_res, None, None, False)
+        if clicker is not None:
+            assert gt is not None, "correction clicks need the ground truth"
+            decoded = self._correct(decoded, pix, high_res, None, False, gt, clicker)
+        key = "cond_frame_outputs" if as_cond else "non_cond_frame_outputs"
+        self._remember(key, frame_idx, feats, frames.sizes, decoded, clicker is not None)
         self._forget(frame_idx)
         return decoded.out
 
-    def _decode(
+    @staticmethod
+    def _high_res(feats: list[torch.Tensor], sizes: list[tuple[int, int]]) -> list[torch.Tensor] | None:
+        n = feats[-1].shape[1]
+        return [x.permute(1, 2, 0).view(n, x.shape[2], *s) for x, s in zip(feats[:-1], sizes[:-1])] or None
+
+    def _conditioned(
         self,
         frame_idx: int,
         is_cond: bool,
         feats: list[torch.Tensor],
         pos: list[torch.Tensor],
         sizes: list[tuple[int, int]],
+    ) -> torch.Tensor:
+        """The frame's lowest-resolution features conditioned on memory [n, C, h, w] (SAM 2's rule: an initial
+        conditioning frame only gets the no-memory embedding)."""
+        return self.model._prepare_memory_conditioned_features(
+            frame_idx=frame_idx,
+            is_init_cond_frame=is_cond,
+            current_vision_feats=feats[-1:],
+            current_vision_pos_embeds=pos[-1:],
+            feat_sizes=sizes[-1:],
+            output_dict=self.memory,
+            num_frames=self.num_frames,
+        )
+
+    def _passthrough(
+        self,
+        feats: list[torch.Tensor],
+        sizes: list[tuple[int, int]],
+        high_res: list[torch.Tensor] | None,
+        mask_inputs: torch.Tensor,
+    ) -> _Decoded:
+        """The mask prompt itself as the output (SAM 2's `use_mask_input_as_output_without_sam`)."""
+        n = feats[-1].shape[1]
+        pix = feats[-1].permute(1, 2, 0).view(n, self.model.hidden_dim, *sizes[-1])
+        return self._pack(self.model._use_mask_as_output(pix, high_res, mask_inputs), False)
+
+    def _heads(
+        self,
+        pix: torch.Tensor,
+        high_res: list[torch.Tensor] | None,
         point_inputs: dict[str, torch.Tensor] | None,
         mask_inputs: torch.Tensor | None,
+        is_cond: bool,
     ) -> _Decoded:
-        """SAM 2's per-frame segmentation (what `SAM2Base._track_step` does), memory-conditioned unless the mask
-        prompt is passed through as the output."""
-        model = self.model
-        n = feats[-1].shape[1]
-        high_res = [
-            x.permute(1, 2, 0).view(n, x.shape[2], *s) for x, s in zip(feats[:-1], sizes[:-1])
-        ] or None
-        if mask_inputs is not None and self.mask_prompt_passthrough:
-            pix = feats[-1].permute(1, 2, 0).view(n, model.hidden_dim, *sizes[-1])
-            sam = model._use_mask_as_output(pix, high_res, mask_inputs)
-            multimask = False
-        else:
-            pix = model._prepare_memory_conditioned_features(
-                frame_idx=frame_idx,
-                is_init_cond_frame=is_cond,
-                current_vision_feats=feats[-1:],
-                current_vision_pos_embeds=pos[-1:],
-                feat_sizes=sizes[-1:],
-                output_dict=self.memory,
-                num_frames=self.num_frames,
-            )
-            multimask = model._use_multimask(is_cond, point_inputs)
-            sam = model._forward_sam_heads(
-                backbone_features=pix,
-                point_inputs=point_inputs,
-                mask_inputs=mask_inputs,
-                high_res_features=high_res,
-                multimask_output=multimask,
-            )
+        """One call of SAM's prompt encoder and mask decoder on memory-conditioned features."""
+        multimask = self.model._use_multimask(is_cond, point_inputs)
+        sam = self.model._forward_sam_heads(
+            backbone_features=pix,
+            point_inputs=point_inputs,
+            mask_inputs=mask_inputs,
+            high_res_features=high_res,
+            multimask_output=multimask,
+        )
+        return self._pack(sam, multimask)
+
+    def _correct(
+        self,
+        decoded: _Decoded,
+        pix: torch.Tensor,
+        high_res: list[torch.Tensor] | None,
+        point_inputs: dict[str, torch.Tensor] | None,
+        is_cond: bool,
+        gt: torch.Tensor,
+        clicker: Clicker,
+    ) -> _Decoded:
+        """Add `clicker.num_points` correction clicks one after another, each from the error region of the
+        current mask, feeding the previous low-res logits back as the mask input (Meta's iterative sampling)."""
+        steps = [decoded.out]
+        for _ in range(clicker.num_points):
+            coords, labels = clicker.next_clicks(gt, decoded.high_res_masks)
+            if point_inputs is None:
+                point_inputs = {"point_coords": coords, "point_labels": labels}
+            else:
+                point_inputs = {
+                    "point_coords": torch.cat([point_inputs["point_coords"], coords], dim=1),
+                    "point_labels": torch.cat([point_inputs["point_labels"], labels], dim=1),
+                }
+            decoded = self._heads(pix, high_res, point_inputs, decoded.out.low_res_logits[:, None], is_cond)
+            steps.append(decoded.out)
+        decoded.out = FrameOutput.stack_steps(steps)
+        return decoded
+
+    def _pack(self, sam: tuple, multimask: bool) -> _Decoded:
         low_multi, _, ious, low, high, obj_ptr, scores = sam
-        m = self.num_multimask
+        n, m = low.shape[0], self.num_multimask
+        multi = low_multi.expand(-1, m, -1, -1) if low_multi.shape[1] == 1 else low_multi
+        iou = ious.expand(-1, m) if ious.shape[1] == 1 else ious
         out = FrameOutput(
             low_res_logits=low[:, 0],
-            multimask_logits=low_multi.expand(-1, m, -1, -1) if low_multi.shape[1] == 1 else low_multi,
-            iou_pred=ious.expand(-1, m) if ious.shape[1] == 1 else ious,
+            multimask_logits=multi,
+            iou_pred=iou,
             is_multimask=torch.full((n,), multimask and m > 1, dtype=torch.bool, device=low.device),
             object_score_logits=scores[:, 0],
+            step_multimask_logits=multi[:, None],
+            step_iou_pred=iou[:, None],
+            step_object_score_logits=scores,
+            step_valid=torch.ones(n, 1, dtype=torch.bool, device=low.device),
         )
         return _Decoded(out=out, high_res_masks=high, obj_ptr=obj_ptr, object_score_logits=scores)
 
@@ -361,7 +501,8 @@ class VideoTracker:
 
 @dataclass
 class VideoOutput:
-    """Predictions for a VideoBatch (B clips, T frames, N objects; S = image_size, h = w = S / 4, M = 3).
+    """Predictions for a VideoBatch (B clips, T frames, N objects; S = image_size, h = w = S / 4, M = 3,
+    K = 1 + correction clicks of the most corrected frame).
 
     mask_logits:         [B, T, N, S, S] the kept mask, low-res logits upsampled bilinearly to the input size
     low_res_logits:      [B, T, N, h, w]
@@ -369,7 +510,12 @@ class VideoOutput:
     iou_pred:            [B, T, N, M] predicted IoU per candidate
     is_multimask:        [B, T, N] bool, where the candidates are distinct
     object_score_logits: [B, T, N]
+    step_multimask_logits: [B, T, N, K, M, h, w], step_iou_pred [B, T, N, K, M], step_object_score_logits
+                         [B, T, N, K], step_valid [B, T, N, K]: every prompting step of every frame (the last
+                         valid step is the kept result), which the official loss supervises
     tracked:             [B, N] bool; untracked (padded) objects hold NO_OBJ_LOGIT logits and 0 IoU
+    active:              [B, T, N] bool, tracked and at or after the object's prompt frame: the entries that
+                         have a prediction (earlier frames hold NO_OBJ_LOGIT)
     """
 
     mask_logits: torch.Tensor
@@ -378,7 +524,12 @@ class VideoOutput:
     iou_pred: torch.Tensor
     is_multimask: torch.Tensor
     object_score_logits: torch.Tensor
+    step_multimask_logits: torch.Tensor
+    step_iou_pred: torch.Tensor
+    step_object_score_logits: torch.Tensor
+    step_valid: torch.Tensor
     tracked: torch.Tensor
+    active: torch.Tensor
 
 
 def _index_prompts(prompts: Prompts, *index: torch.Tensor) -> Prompts:
@@ -418,6 +569,45 @@ class _ChunkedFrames:
         return self.frames, obj_b * self.length + (t - start)
 
 
+@dataclass(frozen=True)
+class _Schedule:
+    """When a tracker's objects are prompted: `start` (their prompt frame), the conditioning frames `cond`
+    (start first), the frames getting correction clicks `correct`."""
+
+    start: int
+    cond: tuple[int, ...]
+    correct: tuple[int, ...]
+
+    def order(self, num_frames: int) -> list[int]:
+        """Processing order: conditioning frames first (as SAM2Train), then the others forward in time."""
+        return list(self.cond) + [t for t in range(self.start, num_frames) if t not in self.cond]
+
+
+def _frame_list(row: torch.Tensor | None, b: int) -> list[int]:
+    return [] if row is None else [int(x) for x in row[b].tolist() if x >= 0]
+
+
+def _schedules(
+    batch: VideoBatch, obj_b: torch.Tensor, obj_n: torch.Tensor, kinds: torch.Tensor, corrections: bool
+) -> list[_Schedule]:
+    """The schedule of each tracked object (objects listed by obj_b, obj_n; kinds their prompt kinds)."""
+    starts = (
+        batch.prompt_frames.cpu()[obj_b, obj_n].tolist()
+        if batch.prompt_frames is not None
+        else [0] * len(obj_b)
+    )
+    cond_rows = None if batch.cond_frames is None else batch.cond_frames.cpu()
+    correct_rows = None if batch.correct_frames is None or not corrections else batch.correct_frames.cpu()
+    out = []
+    for i, (b, start) in enumerate(zip(obj_b.tolist(), starts)):
+        cond = (start, *[c for c in _frame_list(cond_rows, b) if c > start])
+        correct: tuple[int, ...] = ()
+        if int(kinds[i]) in (PROMPT_BOX, PROMPT_POINT):
+            correct = tuple(c for c in _frame_list(correct_rows, b) if c >= start)
+        out.append(_Schedule(start, cond, correct))
+    return out
+
+
 def run_video(
     model: SAM2Base,
     batch: VideoBatch,
@@ -426,80 +616,146 @@ def run_video(
     mask_prompt_passthrough: bool = True,
     frozen_image_encoder: bool | None = None,
     chunk: int | None = None,
+    prompts_cfg: PromptsConfig | None = None,
+    memory_from_low_res: bool = True,
 ) -> VideoOutput:
-    """Track every prompted object of `batch` from its first frame through the clip; all objects of the batch on
-    one object axis. In eval mode under no_grad this matches SAM2VideoPredictor frame by frame.
+    """Track every prompted object of `batch` through the clip, all objects of the batch on one object axis.
+    In eval mode under no_grad, with first-frame prompts, this matches SAM2VideoPredictor frame by frame.
+
+    Each object is prompted on its prompt frame (`batch.prompt_frames`, default 0) and tracked forward from
+    there. The batch's training schedule adds conditioning frames prompted from the ground truth
+    (`batch.cond_frames`) and, with `prompts_cfg` (num_correction_points, correction_from_gt_prob,
+    corrections_as_cond, box_noise), correction clicks on `batch.correct_frames` for objects prompted with
+    points or a box, drawn with a generator per clip seeded by `batch.seeds`. Objects with the same schedule
+    share one tracker (one SAM call per frame).
 
     `chunk` encodes that many frames per clip at a time (None: the whole clip in one encoder call, the fastest for
     training clips); validation and predict stream long videos with a small chunk.
     """
     b, t, n = batch.shape
     size = model.image_size
+    dev = batch.images.device
     tracked = tracked_objects(batch).cpu()
     obj_b, obj_n = tracked.nonzero(as_tuple=True)
     frames = _ChunkedFrames(model, batch.images, chunk, frozen_image_encoder)
-    prompts = _index_prompts(batch.prompts, obj_b.to(batch.images.device), obj_n.to(batch.images.device))
-    # Objects whose videos give the same pointer time encoding share a tracker (usually all of them).
+    prompts = _index_prompts(batch.prompts, obj_b.to(dev), obj_n.to(dev))
+    kinds = prompts.kind.cpu()
+    schedules = _schedules(batch, obj_b, obj_n, kinds, prompts_cfg is not None)
+    # Objects whose videos give the same pointer time encoding and that share a schedule share a tracker.
     lengths = [max(int(batch.num_video_frames[i]), t) for i in obj_b.tolist()]
     cap = model.max_obj_ptrs_in_encoder if model.use_obj_ptrs_in_encoder else 1
-    by_key: dict[int, list[int]] = {}
+    by_key: dict[tuple, list[int]] = {}
     for i, length in enumerate(lengths):
-        by_key.setdefault(min(length, cap), []).append(i)
+        by_key.setdefault((schedules[i], min(length, cap)), []).append(i)
     groups = [torch.tensor(members, dtype=torch.long) for members in by_key.values()]
+    plans = [key[0] for key in by_key]
     trackers = [
         VideoTracker(
             model,
             max(lengths[i] for i in idx.tolist()),
             bptt=bptt,
             mask_prompt_passthrough=mask_prompt_passthrough,
+            memory_from_low_res=memory_from_low_res,
         )
         for idx in groups
     ]
-    order = torch.cat(groups) if groups else torch.zeros(0, dtype=torch.long)
-    frame_outs: list[FrameOutput] = []
-    for i in range(t if groups else 0):
-        parts = []
-        for idx, tracker in zip(groups, trackers):
-            feats, where = frames.at(i, obj_b[idx])
-            if i == 0:
-                parts.append(
-                    tracker.prompt(0, feats, _index_prompts(prompts, idx.to(prompts.kind.device)), where)
-                )
-            else:
-                parts.append(tracker.step(i, feats, where))
-        frame_outs.append(FrameOutput.merge(parts, order))
-    return _assemble(frame_outs, tracked, obj_b, obj_n, (b, t, n), size, batch.images)
+    seeds = batch.seeds.tolist() if batch.seeds is not None else list(range(b))
+    generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+    # Streaming visits frames in time order across trackers; otherwise each tracker runs its own order.
+    events = [
+        ((frame, k) if chunk is not None else (k, pos), k, frame)
+        for k, plan in enumerate(plans)
+        for pos, frame in enumerate(plan.order(t))
+    ]
+    results: list[tuple[int, int, FrameOutput]] = []
+    for _, k, frame in sorted(events):
+        idx, plan, tracker = groups[k], plans[k], trackers[k]
+        feats, where = frames.at(frame, obj_b[idx])
+        clips = obj_b[idx].tolist()
+        gt = None
+        if frame in plan.correct or (frame != plan.start and frame in plan.cond):
+            gt = batch.masks[obj_b[idx].to(dev), frame, obj_n[idx].to(dev)] > 0.5
+        clicker = None
+        if frame in plan.correct:
+            assert prompts_cfg is not None
+            clicker = Clicker(
+                prompts_cfg.num_correction_points,
+                prompts_cfg.correction_from_gt_prob,
+                [generators[c] for c in clips],
+            )
+        if frame == plan.start:
+            object_prompts = _index_prompts(prompts, idx.to(prompts.kind.device))
+            out = tracker.prompt(frame, feats, object_prompts, where, gt=gt, clicker=clicker)
+        elif frame in plan.cond:
+            noise = prompts_cfg.box_noise if prompts_cfg is not None else 0.1
+            extra = prompts_from_ground_truth(kinds[idx], gt, [generators[c] for c in clips], noise)
+            out = tracker.prompt(frame, feats, extra, where, gt=gt, clicker=clicker)
+        else:
+            as_cond = clicker is not None and prompts_cfg is not None and prompts_cfg.corrections_as_cond
+            out = tracker.step(frame, feats, where, gt=gt, clicker=clicker, as_cond=as_cond)
+        results.append((k, frame, out))
+    starts = torch.zeros(b, n, dtype=torch.long)
+    for idx, plan in zip(groups, plans):
+        starts[obj_b[idx], obj_n[idx]] = plan.start
+    active = tracked[:, None] & (torch.arange(t)[None, :, None] >= starts[:, None])
+    return _assemble(results, groups, obj_b, obj_n, (b, t, n), size, batch.images, tracked, active)
 
 
 def _assemble(
-    frame_outs: list[FrameOutput],
-    tracked: torch.Tensor,
+    results: list[tuple[int, int, FrameOutput]],
+    groups: list[torch.Tensor],
     obj_b: torch.Tensor,
     obj_n: torch.Tensor,
     shape: tuple[int, int, int],
     size: int,
     like: torch.Tensor,
+    tracked: torch.Tensor,
+    active: torch.Tensor,
 ) -> VideoOutput:
-    """Stack per-frame outputs of the tracked objects over time and place them on the padded [B, T, N] grid."""
+    """Place each tracker's per-frame outputs on the padded [B, T, N] grid (untracked entries: NO_OBJ_LOGIT
+    logits, 0 IoU). Without correction clicks (K = 1) the step fields are views of the per-frame ones."""
     b, t, n = shape
     h = size // 4
-    m = frame_outs[0].multimask_logits.shape[1] if frame_outs else 1
-
-    def grid(name: str, tail: tuple[int, ...], fill: float | bool, dtype: torch.dtype) -> torch.Tensor:
-        out = torch.full((b, t, n, *tail), fill, dtype=dtype, device=like.device)
-        if frame_outs:
-            values = torch.stack([getattr(f, name) for f in frame_outs], dim=1)  # [n_tracked, T, ...]
-            out.transpose(1, 2)[obj_b.to(like.device), obj_n.to(like.device)] = values.to(dtype)
-        return out
-
-    low = grid("low_res_logits", (h, h), NO_OBJ_LOGIT, torch.float32)
+    dev = like.device
+    m = results[0][2].multimask_logits.shape[1] if results else 1
+    k_max = max((r.step_valid.shape[1] for _, _, r in results), default=1)
+    specs = {
+        "low_res_logits": ((h, h), NO_OBJ_LOGIT, torch.float32),
+        "multimask_logits": ((m, h, h), NO_OBJ_LOGIT, torch.float32),
+        "iou_pred": ((m,), 0.0, torch.float32),
+        "is_multimask": ((), False, torch.bool),
+        "object_score_logits": ((), NO_OBJ_LOGIT, torch.float32),
+    }
+    if k_max > 1:
+        specs.update(
+            {
+                "step_multimask_logits": ((k_max, m, h, h), NO_OBJ_LOGIT, torch.float32),
+                "step_iou_pred": ((k_max, m), 0.0, torch.float32),
+                "step_object_score_logits": ((k_max,), NO_OBJ_LOGIT, torch.float32),
+                "step_valid": ((k_max,), False, torch.bool),
+            }
+        )
+    grids = {
+        name: torch.full((b, t, n, *tail), fill, dtype=dtype, device=dev)
+        for name, (tail, fill, dtype) in specs.items()
+    }
+    for k, frame, out in results:
+        out = out.pad_steps(k_max)
+        ob, on = obj_b[groups[k]].to(dev), obj_n[groups[k]].to(dev)
+        for name, grid in grids.items():
+            grid[ob, frame, on] = getattr(out, name).to(grid.dtype)
+    if k_max == 1:
+        grids.update(
+            step_multimask_logits=grids["multimask_logits"][:, :, :, None],
+            step_iou_pred=grids["iou_pred"][:, :, :, None],
+            step_object_score_logits=grids["object_score_logits"][..., None],
+            step_valid=active.to(dev)[..., None],
+        )
+    low = grids["low_res_logits"]
     up = F.interpolate(low.flatten(0, 2)[:, None], size=(size, size), mode="bilinear", align_corners=False)
     return VideoOutput(
         mask_logits=up.view(b, t, n, size, size),
-        low_res_logits=low,
-        multimask_logits=grid("multimask_logits", (m, h, h), NO_OBJ_LOGIT, torch.float32),
-        iou_pred=grid("iou_pred", (m,), 0.0, torch.float32),
-        is_multimask=grid("is_multimask", (), False, torch.bool),
-        object_score_logits=grid("object_score_logits", (), NO_OBJ_LOGIT, torch.float32),
-        tracked=tracked.to(like.device),
+        tracked=tracked.to(dev),
+        active=active.to(dev),
+        **grids,
     )

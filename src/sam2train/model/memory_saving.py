@@ -1,0 +1,158 @@
+"""Speed and memory options that change how SAM 2 computes, never what: activation checkpointing of the memory and
+decoder modules (`model.activation_checkpointing`) and torch.compile of the image encoder
+(`model.compile_image_encoder`).
+
+Both act on the submodules in place, without editing SAM 2's code and without renaming a parameter: state dicts,
+checkpoints and the trainable groups of `build.py` stay as they are.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from sam2train.config import UserError
+
+if TYPE_CHECKING:
+    from sam2.modeling.sam2_base import SAM2Base
+
+
+class CompilerNotFoundError(UserError):
+    """torch.compile's backend needs a C/C++ compiler that this machine lacks."""
+
+
+# --------------------------------------------------------------------------------------------- checkpointing
+
+
+def checkpointed_modules(model: SAM2Base) -> dict[str, torch.nn.Module]:
+    """Name -> submodule that `enable_activation_checkpointing` wraps: each memory attention layer, the memory
+    encoder and the mask decoder's two-way transformer (the modules that run once per frame and object)."""
+    modules = {f"memory_attention.layers.{i}": layer for i, layer in enumerate(model.memory_attention.layers)}
+    modules["memory_encoder"] = model.memory_encoder
+    modules["sam_mask_decoder.transformer"] = model.sam_mask_decoder.transformer
+    return modules
+
+
+def _checkpointed_forward(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """The class's forward of `module`, recomputed in backward when it can build a graph (train mode, grad on).
+
+    Non-reentrant checkpointing keeps the RNG state, so dropout in the recomputation draws what the forward drew
+    and outputs and gradients are those of the plain forward. In eval mode or under no_grad nothing is saved for
+    backward anyway: the forward runs as is, without checkpointing's bookkeeping.
+    """
+    forward = type(module).forward  # the instance attribute `forward` is this wrapper
+    if not (module.training and torch.is_grad_enabled()):
+        return forward(module, *args, **kwargs)
+    return checkpoint(forward, module, *args, use_reentrant=False, **kwargs)
+
+
+def _is_wrapped(module: torch.nn.Module) -> bool:
+    wrapper = vars(module).get("forward")
+    return isinstance(wrapper, functools.partial) and wrapper.func is _checkpointed_forward
+
+
+def enable_activation_checkpointing(model: SAM2Base) -> list[str]:
+    """Make the memory attention layers, the memory encoder and the mask decoder's transformer recompute their
+    activations in backward (torch.utils.checkpoint, use_reentrant=False). Idempotent.
+
+    The wrapper is an instance attribute `forward = partial(_checkpointed_forward, module)`: parameter names and
+    the state dict are unchanged, and `copy.deepcopy` / pickling carry it over bound to the copy. Returns the
+    names of the wrapped modules.
+    """
+    for name, module in checkpointed_modules(model).items():
+        if _is_wrapped(module):
+            continue
+        if "forward" in vars(module):
+            raise RuntimeError(
+                f"{name}.forward is already replaced on the instance; refusing to wrap it again"
+            )
+        module.forward = functools.partial(_checkpointed_forward, module)
+    return list(checkpointed_modules(model))
+
+
+def disable_activation_checkpointing(model: SAM2Base) -> None:
+    """Undo `enable_activation_checkpointing` (a module that is not wrapped is left alone)."""
+    for module in checkpointed_modules(model).values():
+        if _is_wrapped(module):
+            del module.forward
+
+
+def activation_checkpointing_enabled(model: SAM2Base) -> bool:
+    """Whether every module of `checkpointed_modules` is wrapped."""
+    return all(_is_wrapped(m) for m in checkpointed_modules(model).values())
+
+
+# --------------------------------------------------------------------------------------------- compile
+
+
+def _cpp_compiler() -> str | None:
+    """The C++ compiler Inductor's CPU backend would use (CXX, else g++ / clang++), or None."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler  # private; mirrors Inductor's own search
+
+        return get_cpp_compiler()
+    except (ImportError, AttributeError):
+        return shutil.which(os.environ.get("CXX", "g++")) or shutil.which("clang++")
+    except Exception:  # torch._inductor.exc.InvalidCxxCompiler and what its search raises
+        return None
+
+
+def _c_compiler() -> str | None:
+    """The C compiler Triton builds its launchers with (CC, else gcc / clang, as Triton looks), or None."""
+    cc = os.environ.get("CC")
+    if cc:
+        return shutil.which(cc)
+    return shutil.which("gcc") or shutil.which("clang")
+
+
+def compile_image_encoder(
+    model: SAM2Base, device: torch.device | str | None = None, **compile_kwargs: Any
+) -> None:
+    """torch.compile `model.image_encoder` in place (`nn.Module.compile`: parameter names and the state dict keep
+    their keys, unlike wrapping in an OptimizedModule). Compilation happens on the first forward, once per input
+    shape (the number of frames per call varies: after the second shape Dynamo compiles a dynamic graph).
+
+    `device`: where the encoder will run (default: where its parameters are now); Lightning builds the model on
+    CPU and moves it later, so pass the target device. `compile_kwargs` go to torch.compile (mode, dynamic,
+    backend, ...). Raises CompilerNotFoundError, naming the config key, when the default Inductor backend would
+    fail on its first forward for want of a C++ compiler (CPU) or a C compiler (CUDA, Triton).
+    """
+    encoder = model.image_encoder
+    if device is None:
+        device = next(encoder.parameters()).device
+    kind = torch.device(device).type
+    if compile_kwargs.get("backend", "inductor") == "inductor":
+        if kind == "cpu" and _cpp_compiler() is None:
+            raise CompilerNotFoundError(
+                "config key 'model.compile_image_encoder': torch.compile on CPU needs a C++ compiler and none "
+                "was found (tried $CXX, g++, clang++). Install one (e.g. apt-get install g++), point CXX at it, "
+                "or set model.compile_image_encoder: false"
+            )
+        if kind == "cuda" and _c_compiler() is None:
+            raise CompilerNotFoundError(
+                "config key 'model.compile_image_encoder': torch.compile on CUDA (Triton) needs a C compiler and "
+                "none was found (tried $CC, gcc, clang). Install one, point CC at it, or set "
+                "model.compile_image_encoder: false"
+            )
+    _warm_position_encodings(model, device)
+    encoder.compile(**compile_kwargs)
+
+
+def _warm_position_encodings(model: SAM2Base, device: torch.device | str) -> None:
+    """Fill the neck's positional-encoding cache for every level (Hiera: strides 4, 8, 16, 32) on `device`.
+    SAM 2 fills it during the first forward, which changes what Dynamo guards on: without this the encoder
+    would be compiled a second time on its second call."""
+    neck = model.image_encoder.neck
+    for level in range(len(neck.backbone_channel_list)):
+        side = model.image_size // (4 * 2**level)
+        neck.position_encoding(torch.empty(1, 1, side, side, device=device))
+
+
+def image_encoder_compiled(model: SAM2Base) -> bool:
+    """Whether `compile_image_encoder` (nn.Module.compile) was applied to `model.image_encoder`."""
+    return getattr(model.image_encoder, "_compiled_call_impl", None) is not None
