@@ -52,6 +52,9 @@ class SAM2LightningModule(L.LightningModule):
         """Validation metrics of each validation run, in order (the first is before training with
         trainer.validate_first)."""
         self._fit_start = 0.0
+        self._cached_encoder = (
+            None  # model.cache_features: the frozen encoder's feature cache, set at fit start
+        )
         self._val_acc: dict[str, float] = {}
         self._reported = False
         self.skipped_steps = 0
@@ -75,14 +78,26 @@ class SAM2LightningModule(L.LightningModule):
                 warnings.simplefilter("ignore")
                 self.model = build_model(replace(model_cfg, checkpoint=None), device="cpu")
         apply_trainable(self.model, self.config.model.trainable_modules)
+        if model_cfg.activation_checkpointing:
+            from .model.memory_saving import enable_activation_checkpointing
+
+            enable_activation_checkpointing(self.model)
         self.param_report = parameter_report(self.model)
         log.info(
             "SAM 2 parameters (device: %s):\n%s", self.device, format_parameter_report(self.param_report)
         )
 
     def setup(self, stage: str) -> None:
+        from .model.feature_cache import check_cache_allowed
+
+        check_cache_allowed(self.config)  # before building: a refused cache must not cost a model load
         if self.model is None:
             self.build()
+        if self.config.model.compile_image_encoder and self.trainer is not None:
+            from .model.memory_saving import compile_image_encoder, image_encoder_compiled
+
+            if not image_encoder_compiled(self.model):
+                compile_image_encoder(self.model, device=self.trainer.strategy.root_device)
         if self.trainer is not None and self.trainer.is_global_zero and not self._reported:
             self._reported = True
             total = sum(t for t, _ in self.param_report.values())
@@ -127,6 +142,7 @@ class SAM2LightningModule(L.LightningModule):
             bptt=self.config.model.bptt,
             mask_prompt_passthrough=self.config.model.mask_prompt_passthrough,
             prompts_cfg=self.config.prompts if self.training else None,
+            encoder=self._cached_encoder,
         )
 
     def _loss(self, out, batch: VideoBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -273,6 +289,11 @@ class SAM2LightningModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._fit_start = time.time()
+        if self.config.model.cache_features:
+            from .model.feature_cache import open_cached_encoder
+
+            # keyed by the encoder's weights: opened once they are final (after a resume's checkpoint load)
+            self._cached_encoder = open_cached_encoder(self.model, self.config)
 
     def on_train_end(self) -> None:
         from .callbacks import write_final_metrics

@@ -1,4 +1,5 @@
-"""Assembles the Lightning Trainer from the config: run folder, loggers, checkpointing, early stopping, precision."""
+"""Assembles the Lightning Trainer from the config: run folder, loggers, checkpointing, early stopping, precision,
+and the DDP / FSDP strategy (docs/multi-gpu.md)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import importlib.util
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
-from lightning.pytorch.strategies import DDPStrategy, Strategy
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy
+from lightning.pytorch.utilities import rank_zero_warn
 
 from .callbacks import AtomicCheckpointIO, CurvesAtEnd, SaveConfig, SaveOnInterrupt
 from .config import Config, ConfigError
@@ -39,8 +42,9 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 def run_version(cfg: Config) -> str:
     """The run folder's name: `logging.version`, else the next free `version_<n>`. Chosen in the launching
     process and handed to the DDP workers Lightning starts (they have LOCAL_RANK set) through the environment, so
-    every rank writes to the same folder. Under torchrun or SLURM, where ranks start independently, set
-    `logging.version`."""
+    every rank writes to the same folder. Under torchrun or SLURM, ranks start independently and each scans the
+    folder: they agree when no rank creates the run folder before all have joined the process group (true with
+    the tensorboard and csv loggers; wandb's folder is made here). Set `logging.version` there."""
     if cfg.logging.version:
         return cfg.logging.version
     if "LOCAL_RANK" in os.environ and _VERSION_ENV in os.environ:
@@ -110,22 +114,135 @@ _ALWAYS_USED = {"memory_attention", "memory_encoder"}
 
 def resolve_strategy(cfg: Config) -> str | Strategy:
     """`ddp` gets `find_unused_parameters` only when the trainable set requires it (it costs a graph walk per
-    step); every other strategy name goes to Lightning unchanged."""
+    step); `fsdp` gets one FSDP unit per repeated SAM 2 block (see `fsdp_strategy`); every other strategy name
+    goes to Lightning unchanged."""
     name = cfg.trainer.strategy
+    if name == "fsdp":
+        return fsdp_strategy()
     if name != "ddp":
         return name
     needed = not set(cfg.model.trainable_modules) <= _ALWAYS_USED or cfg.data.clip_length < 2
     return DDPStrategy(find_unused_parameters=needed)
 
 
-def make_trainer(cfg: Config, callbacks: list[L.Callback] | None = None) -> L.Trainer:
-    """A Trainer for `cfg`: TensorBoard + CSV logs in one run folder, best and last checkpoints (with the config
-    inside and beside them), optional early stopping, the configured precision, clipping and accumulation.
-    Checkpoint files are written atomically, and Ctrl-C or SIGTERM during fit saves a resumable `last.ckpt`."""
-    t = cfg.trainer
-    version = run_version(cfg)
-    loggers = make_loggers(cfg, version)
-    folder = Path(cfg.logging.root_dir) / cfg.logging.name / version
+class _FSDPStrategy(FSDPStrategy):
+    """Lightning's FSDPStrategy, which wraps the module once per trainer, and runs on CPU (gloo) too: tests, and a
+    dry run on a laptop before a GPU job.
+
+    Lightning wraps the LightningModule anew at every stage (`trainer.validate` then `trainer.fit`, as
+    `trainer.validate_first` runs), but FSDP cannot wrap parameters it has already flattened; the wrapper of the
+    first stage is kept and reused. On CPU, three more things differ. Lightning refuses `fsdp` without a GPU
+    accelerator; its type check tests the exact class, so this subclass passes. Lightning hands torch's FSDP
+    `device_id=None` there, with which FSDP looks for an accelerator and fails; given the CPU device, FSDP runs.
+    And the full optimizer state is gathered without "offloading to the CPU": torch gathers all of a parameter's
+    states (exp_avg, exp_avg_sq) into one buffer and copies each out only by that offload, a no-op on the CPU, so
+    every state would hold the last one's values.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._wrapped: torch.nn.Module | None = None
+
+    def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if self._wrapped is not None and self._wrapped.module is model:
+            return self._wrapped
+        if self.root_device.type != "cpu" or isinstance(model, FullyShardedDataParallel):
+            self._wrapped = super()._setup_model(model)
+        else:
+            self._wrapped = FullyShardedDataParallel(
+                module=model,
+                cpu_offload=self.cpu_offload,
+                mixed_precision=self.mixed_precision_config,
+                sharding_strategy=self.sharding_strategy,
+                device_id=self.root_device,
+                **self.kwargs,
+            )
+        return self._wrapped
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        from torch.distributed.fsdp import (
+            FullOptimStateDictConfig,
+            FullStateDictConfig,
+            OptimStateKeyType,
+            StateDictType,
+        )
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        if self.root_device.type != "cpu" or self._state_dict_type != "full":
+            return super().optimizer_state(optimizer)
+        optimizer = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer's torch optimizer
+        model = self.model
+        assert model is not None
+        with FSDP.state_dict_type(
+            model,
+            StateDictType.FULL_STATE_DICT,
+            FullStateDictConfig(offload_to_cpu=False, rank0_only=True),
+            FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=True),
+        ):
+            state = FSDP.optim_state_dict(model, optimizer)
+        if self.global_rank == 0:  # the standard format, as Lightning stores it
+            state = FSDP.rekey_optim_state_dict(state, OptimStateKeyType.PARAM_ID, model)
+        return state
+
+
+def fsdp_units() -> set[type[torch.nn.Module]]:
+    """SAM 2's repeated blocks, one FSDP unit each: the Hiera trunk's `MultiScaleBlock`s, the memory attention
+    layers and the mask decoder's two-way attention blocks."""
+    from sam2.modeling.backbones.hieradet import MultiScaleBlock
+    from sam2.modeling.memory_attention import MemoryAttentionLayer
+    from sam2.modeling.sam.transformer import TwoWayAttentionBlock
+
+    return {MultiScaleBlock, MemoryAttentionLayer, TwoWayAttentionBlock}
+
+
+def fsdp_strategy() -> FSDPStrategy:
+    """Lightning's FSDP (full sharding) with one unit per repeated SAM 2 block (`fsdp_units`); the rest (necks,
+    prompt encoder, memory encoder, loose tensors) forms the root unit. Each unit's parameters are gathered just
+    before it runs and freed after, so a rank holds 1/world_size of the weights, gradients and AdamW state plus
+    one block at a time. Checkpoints are saved as a full state dict on rank 0 (the same `model.<official key>`
+    file as DDP writes, which `sam2train export` reads)."""
+    return _FSDPStrategy(
+        auto_wrap_policy=fsdp_units(), sharding_strategy="FULL_SHARD", state_dict_type="full"
+    )
+
+
+class FSDPGradientClipping(L.Callback):
+    """`trainer.gradient_clip_val` under FSDP: the norm over all ranks' gradient shards, by the FSDP root's
+    `clip_grad_norm_` (Lightning's FSDP precision plugin has no norm clipping; the per-rank norm would be wrong).
+    Runs where Lightning would clip: after backward and unscaling, before the optimizer step."""
+
+    def __init__(self, max_norm: float) -> None:
+        self.max_norm = max_norm
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        trainer.strategy.model.clip_grad_norm_(self.max_norm)
+
+
+class FSDPShardReport(L.Callback):
+    """Prints, when fit starts under FSDP, how many of the parameters the fullest rank holds: about
+    1/world_size of them when sharding works."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        strategy = trainer.strategy
+        local = sum(p.numel() for p in strategy.model.parameters())
+        # on the process's device (NCCL reduces only GPU tensors), in float64 (exact for any parameter count)
+        count = torch.tensor(float(local), dtype=torch.float64, device=strategy.root_device)
+        most = strategy.reduce(count, reduce_op="max")
+        if trainer.is_global_zero:
+            total = sum(t for t, _ in getattr(pl_module, "param_report", {}).values())
+            print(
+                f"sam2train: FSDP over {trainer.world_size} processes: each holds at most {int(most):,} "
+                f"of the {total:,} parameters"
+            )
+
+
+def make_callbacks(cfg: Config, folder: Path, fsdp: bool = False) -> list[L.Callback]:
+    """Best and last checkpoints in `folder`/checkpoints (config beside them), curves at the end, a checkpoint on
+    interrupt, validation pictures, early stopping, the progress bar; under FSDP its clipping and shard report."""
     ck = cfg.checkpoint
     has_val = cfg.data.val_path is not None
     checkpoint = ModelCheckpoint(
@@ -139,8 +256,18 @@ def make_trainer(cfg: Config, callbacks: list[L.Callback] | None = None) -> L.Tr
         every_n_train_steps=ck.every_n_train_steps,
     )
     cbs: list[L.Callback] = [checkpoint, SaveConfig(cfg), CurvesAtEnd(), SaveOnInterrupt()]
+    if fsdp:
+        cbs.append(FSDPShardReport())
+        if cfg.trainer.gradient_clip_val is not None:
+            cbs.append(FSDPGradientClipping(cfg.trainer.gradient_clip_val))
     if has_val and cfg.logging.viz_every_n_epochs > 0:
-        cbs.append(ValidationPictures(cfg.logging.viz_every_n_epochs))
+        if fsdp:  # its prediction calls the inner module, whose parameters are sharded under FSDP
+            rank_zero_warn(
+                "logging.viz_every_n_epochs: validation pictures are not drawn under trainer.strategy=fsdp "
+                "(validation metrics are logged as usual); set logging.viz_every_n_epochs=0 to silence this"
+            )
+        else:
+            cbs.append(ValidationPictures(cfg.logging.viz_every_n_epochs))
     if cfg.early_stopping.enabled and has_val:
         es = cfg.early_stopping
         cbs.append(
@@ -150,7 +277,20 @@ def make_trainer(cfg: Config, callbacks: list[L.Callback] | None = None) -> L.Tr
         cbs.append(RichProgressBar())
     elif cfg.logging.progress_bar == "tqdm":
         cbs.append(TQDMProgressBar())
-    cbs.extend(callbacks or [])
+    return cbs
+
+
+def make_trainer(cfg: Config, callbacks: list[L.Callback] | None = None) -> L.Trainer:
+    """A Trainer for `cfg`: TensorBoard + CSV logs in one run folder, best and last checkpoints (with the config
+    inside and beside them), optional early stopping, the configured precision, clipping and accumulation, on
+    `trainer.devices` x `trainer.num_nodes` processes (Lightning detects torchrun and SLURM launches).
+    Checkpoint files are written atomically, and Ctrl-C or SIGTERM during fit saves a resumable `last.ckpt`."""
+    t = cfg.trainer
+    version = run_version(cfg)
+    loggers = make_loggers(cfg, version)
+    folder = Path(cfg.logging.root_dir) / cfg.logging.name / version
+    strategy = resolve_strategy(cfg)
+    fsdp = isinstance(strategy, FSDPStrategy)
     kwargs = {}
     for key in ("limit_train_batches", "limit_val_batches"):
         if getattr(t, key) is not None:
@@ -158,18 +298,19 @@ def make_trainer(cfg: Config, callbacks: list[L.Callback] | None = None) -> L.Tr
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
-        strategy=resolve_strategy(cfg),
+        num_nodes=t.num_nodes,
+        strategy=strategy,
         precision=resolve_precision(t.precision, t.accelerator),
         max_epochs=t.max_epochs,
         max_steps=t.max_steps,
-        gradient_clip_val=t.gradient_clip_val,
+        gradient_clip_val=None if fsdp else t.gradient_clip_val,  # FSDPGradientClipping clips under FSDP
         accumulate_grad_batches=t.accumulate_grad_batches,
         log_every_n_steps=t.log_every_n_steps,
         val_check_interval=t.val_check_interval,
         num_sanity_val_steps=t.num_sanity_val_steps,
         deterministic=t.deterministic,
         logger=loggers or False,
-        callbacks=cbs,
+        callbacks=[*make_callbacks(cfg, folder, fsdp), *(callbacks or [])],
         default_root_dir=str(folder),
         enable_progress_bar=cfg.logging.progress_bar != "none",
         use_distributed_sampler=False,  # EpochSampler shards across ranks itself

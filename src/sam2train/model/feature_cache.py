@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from sam2train.config import Config, ConfigError, ModelConfig
-from sam2train.model.video import FrameFeatures
+from sam2train.model.tracker import FrameFeatures
 
 if TYPE_CHECKING:
     from sam2.modeling.sam2_base import SAM2Base

@@ -1,502 +1,47 @@
 """The video pass over `SAM2Base`: one forward for training, validation and predict.
 
-`encode_frames` runs the image encoder once over many frames; `VideoTracker` tracks a set of objects through one
-video (or several clips at once) with SAM 2's memory bank: `prompt` on the prompted frame, `step` on each later
-frame; `run_video` unrolls it over a `VideoBatch`. Only `SAM2Base`'s per-frame primitives are called
-(`_prepare_backbone_features`, `_prepare_memory_conditioned_features`, `_forward_sam_heads`, `_use_mask_as_output`,
-`_encode_new_memory`, pinned by sam2==1.1.0).
-
-Choices that decide the numbers (see docs/REFERENCE.md, "Matching Meta's predictor"):
-- Memory of the prompted frame is encoded from its low-res logits upsampled to the input size, as
-  `SAM2VideoPredictor` does, in training too (Meta's `SAM2Train` encodes the exact +-10 mask instead; the two
-  differ only for mask prompts, by ~4e-4 in logits). Training thus sees the memory that inference will see.
-- In eval mode (`model.eval()`) memory features are stored in bfloat16, as the predictor stores them; in training
-  they stay float32 and, with `bptt=True`, keep their graph so later frames' losses reach the memory modules.
-- Objects are grouped by prompt shape on the prompted frame (mask; N points, a box counting as two points) because
-  SAM 2's multimask decision depends on the number of points; tracking frames run all objects in one SAM call.
-- Untracked (padded) objects get `NO_OBJ_LOGIT` (-1024, SAM 2's score for absent objects) as mask and object-score
-  logits and 0 as predicted IoU.
+`run_video` tracks every prompted object of a `VideoBatch` with `VideoTracker` (model/tracker.py): each object from
+its prompt frame, with the training schedule the batch carries (extra conditioning frames, correction clicks), all
+objects of the batch on one object axis, and places the results on the padded [B, T, N] grid (`VideoOutput`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from sam2train.data.batch import PROMPT_BOX, PROMPT_MASK, PROMPT_NONE, PROMPT_POINT, Prompts, VideoBatch
+from sam2train.data.batch import PROMPT_BOX, PROMPT_NONE, PROMPT_POINT, Prompts, VideoBatch
 from sam2train.model.corrections import Clicker, prompts_from_ground_truth
+from sam2train.model.feature_cache import frame_keys
+from sam2train.model.tracker import (
+    NO_OBJ_LOGIT,
+    FrameFeatures,
+    FrameOutput,
+    VideoTracker,
+    encode_frames,
+    group_prompts,
+)
 
 if TYPE_CHECKING:
     from sam2.modeling.sam2_base import SAM2Base
 
     from sam2train.config import PromptsConfig
+    from sam2train.model.feature_cache import CachedEncoder
 
-NO_OBJ_LOGIT = -1024.0
-"""Logit of padded objects (and of SAM 2's masks when the object score says 'absent')."""
-
-
-@dataclass
-class FrameFeatures:
-    """Backbone features of F frames, flattened as SAM 2's per-frame methods take them.
-
-    feats: per level, highest resolution first, [h_l * w_l, F, C_l]
-    pos:   per level [h_l * w_l, F, C_l] (sine encodings, identical for every frame)
-    sizes: per level (h_l, w_l)
-    """
-
-    feats: list[torch.Tensor]
-    pos: list[torch.Tensor]
-    sizes: list[tuple[int, int]]
-
-    def gather(self, frame_index: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Features for n objects, object i on frame `frame_index[i]` ([n] long): per level [HW, n, C].
-
-        Objects on one frame share it through `expand` (no copy); otherwise `index_select` copies once per object.
-        """
-        n = frame_index.numel()
-        pos = [p[:, :1].expand(-1, n, -1) for p in self.pos]
-        first = int(frame_index[0])
-        if bool((frame_index == first).all()):
-            return [f[:, first : first + 1].expand(-1, n, -1) for f in self.feats], pos
-        index = frame_index.to(self.feats[0].device)
-        return [f.index_select(1, index) for f in self.feats], pos
-
-
-def encode_frames(model: SAM2Base, images: torch.Tensor, frozen: bool | None = None) -> FrameFeatures:
-    """Run the image encoder once over `images` [F, 3, S, S] (normalised) and flatten the features.
-
-    `frozen` (default: no image-encoder parameter requires grad) runs the encoder under no_grad. The high-res
-    projections that `forward_image` applies belong to the mask decoder and keep their gradient either way.
-    """
-    if frozen is None:
-        frozen = not any(p.requires_grad for p in model.image_encoder.parameters())
-    with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-        out = model.image_encoder(images)
-    fpn = list(out["backbone_fpn"])
-    if model.use_high_res_features_in_sam:
-        fpn[0] = model.sam_mask_decoder.conv_s0(fpn[0])
-        fpn[1] = model.sam_mask_decoder.conv_s1(fpn[1])
-    _, feats, pos, sizes = model._prepare_backbone_features(
-        {"backbone_fpn": fpn, "vision_pos_enc": list(out["vision_pos_enc"])}
-    )
-    return FrameFeatures(feats=feats, pos=pos, sizes=sizes)
-
-
-@dataclass
-class FrameOutput:
-    """One frame's result for n tracked objects (h = w = image_size / 4; M multimask outputs, 3 in SAM 2).
-
-    low_res_logits:      [n, h, w] the mask SAM 2 keeps (best predicted IoU among multimask outputs)
-    multimask_logits:    [n, M, h, w] all candidates; a single-mask output is repeated M times
-    iou_pred:            [n, M] predicted IoU of each candidate (repeated likewise)
-    is_multimask:        [n] bool, whether the frame produced M distinct candidates
-    object_score_logits: [n] > 0 means the object is present
-    Every prompting step of the frame (K = 1 + correction clicks; the last step is the kept result), for the
-    official loss, which supervises them all:
-    step_multimask_logits: [n, K, M, h, w]; step_iou_pred: [n, K, M]; step_object_score_logits: [n, K];
-    step_valid: [n, K] bool (False where a merged object made fewer steps)
-    """
-
-    low_res_logits: torch.Tensor
-    multimask_logits: torch.Tensor
-    iou_pred: torch.Tensor
-    is_multimask: torch.Tensor
-    object_score_logits: torch.Tensor
-    step_multimask_logits: torch.Tensor
-    step_iou_pred: torch.Tensor
-    step_object_score_logits: torch.Tensor
-    step_valid: torch.Tensor
-
-    @staticmethod
-    def merge(parts: list[FrameOutput], order: torch.Tensor) -> FrameOutput:
-        """Concatenate per-group outputs (objects `order`, concatenated) back into object order; step axes are
-        padded to the longest."""
-        if len(parts) == 1:
-            inverse = torch.argsort(order).to(parts[0].low_res_logits.device)
-            return FrameOutput(**{f.name: getattr(parts[0], f.name)[inverse] for f in fields(FrameOutput)})
-        k = max(p.step_valid.shape[1] for p in parts)
-        parts = [p.pad_steps(k) for p in parts]
-        inverse = torch.argsort(order).to(parts[0].low_res_logits.device)
-        return FrameOutput(
-            **{f.name: torch.cat([getattr(p, f.name) for p in parts])[inverse] for f in fields(FrameOutput)}
-        )
-
-    def pad_steps(self, k: int) -> FrameOutput:
-        """The same output with K padded to k (padding: NO_OBJ_LOGIT logits, IoU 0, step_valid False)."""
-        extra = k - self.step_valid.shape[1]
-        if extra <= 0:
-            return self
-
-        def pad(x: torch.Tensor, value: float | bool) -> torch.Tensor:
-            shape = list(x.shape)
-            shape[1] = extra
-            return torch.cat([x, x.new_full(shape, value)], dim=1)
-
-        return replace(
-            self,
-            step_multimask_logits=pad(self.step_multimask_logits, NO_OBJ_LOGIT),
-            step_iou_pred=pad(self.step_iou_pred, 0.0),
-            step_object_score_logits=pad(self.step_object_score_logits, NO_OBJ_LOGIT),
-            step_valid=pad(self.step_valid, False),
-        )
-
-    @staticmethod
-    def stack_steps(steps: list[FrameOutput]) -> FrameOutput:
-        """The last step's result with the step axes of all `steps` (single-step outputs) concatenated."""
-        last = steps[-1]
-        return replace(
-            last,
-            step_multimask_logits=torch.cat([s.step_multimask_logits for s in steps], dim=1),
-            step_iou_pred=torch.cat([s.step_iou_pred for s in steps], dim=1),
-            step_object_score_logits=torch.cat([s.step_object_score_logits for s in steps], dim=1),
-            step_valid=torch.cat([s.step_valid for s in steps], dim=1),
-        )
-
-
-@dataclass
-class _Decoded:
-    """SAM heads' result for n objects: the FrameOutput plus what memory needs.
-
-    high_res_masks: [n, 1, S, S] the kept mask upsampled; obj_ptr: [n, C]; object_score_logits: [n, 1]
-    """
-
-    out: FrameOutput
-    high_res_masks: torch.Tensor | None
-    obj_ptr: torch.Tensor
-    object_score_logits: torch.Tensor
-
-    @staticmethod
-    def merge(parts: list[_Decoded], order: torch.Tensor) -> _Decoded:
-        inverse = torch.argsort(order).to(parts[0].obj_ptr.device)
-        return _Decoded(
-            out=FrameOutput.merge([p.out for p in parts], order),
-            high_res_masks=torch.cat([p.high_res_masks for p in parts])[inverse],
-            obj_ptr=torch.cat([p.obj_ptr for p in parts])[inverse],
-            object_score_logits=torch.cat([p.object_score_logits for p in parts])[inverse],
-        )
-
-
-@dataclass
-class _PromptGroup:
-    """Objects sharing one SAM call on the prompted frame: `index` [g] in the tracker's object axis, and either
-    point_inputs (point_coords [g, P, 2] in input pixels, point_labels [g, P] int32) or mask_inputs [g, 1, S, S]."""
-
-    index: torch.Tensor
-    point_inputs: dict[str, torch.Tensor] | None
-    mask_inputs: torch.Tensor | None
-
-
-def _object_points(prompts: Prompts, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-    kind = int(prompts.kind[i])
-    if kind == PROMPT_BOX:
-        labels = torch.tensor([2, 3], dtype=torch.int32, device=prompts.boxes.device)
-        return prompts.boxes[i].reshape(2, 2).float(), labels
-    keep = prompts.point_labels[i] != -1
-    if not bool(keep.any()):
-        raise ValueError(f"object {i} has a point prompt without any point (all labels are -1)")
-    return prompts.point_coords[i][keep].float(), prompts.point_labels[i][keep].to(torch.int32)
-
-
-def _mask_input(mask: torch.Tensor, size: int) -> torch.Tensor:
-    """[H, W] 0/1 -> [1, 1, S, S] float, resized as the predictor does (bilinear, antialias, >= 0.5)."""
-    m = mask.float()[None, None]
-    if m.shape[-2:] != (size, size):
-        m = F.interpolate(m, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        m = (m >= 0.5).float()
-    return m
-
-
-def group_prompts(prompts: Prompts, image_size: int) -> list[_PromptGroup]:
-    """Split objects (prompts with a leading object axis) into groups that can share one SAM call: mask prompts,
-    and point prompts by number of points (a box is two points with labels 2 and 3; -1 padding dropped)."""
-    keys: dict[int, list[int]] = {}  # -1: mask, P: P points
-    points: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    for i, kind in enumerate(prompts.kind.tolist()):
-        if kind == PROMPT_MASK:
-            keys.setdefault(-1, []).append(i)
-        elif kind in (PROMPT_BOX, PROMPT_POINT):
-            points[i] = _object_points(prompts, i)
-            keys.setdefault(points[i][1].numel(), []).append(i)
-        else:
-            raise ValueError(f"object {i} has no prompt (kind {kind}); padded objects must not be tracked")
-    groups = []
-    for key, members in keys.items():
-        index = torch.tensor(members, dtype=torch.long)
-        if key == -1:
-            masks = torch.cat([_mask_input(prompts.masks[i], image_size) for i in members])
-            groups.append(_PromptGroup(index, None, masks))
-        else:
-            coords = torch.stack([points[i][0] for i in members])
-            labels = torch.stack([points[i][1] for i in members])
-            groups.append(_PromptGroup(index, {"point_coords": coords, "point_labels": labels}, None))
-    return groups
-
-
-def _ensure_rope_trainable(model: torch.nn.Module) -> None:
-    """RoPE caches `freqs_cis` on first use; made under inference_mode (e.g. by SAM2VideoPredictor on this model)
-    it cannot be saved for backward. Replace such a cache by a normal copy."""
-    if torch.is_inference_mode_enabled():
-        return
-    for module in model.modules():
-        cache = getattr(module, "freqs_cis", None)
-        if isinstance(cache, torch.Tensor) and cache.is_inference():
-            module.freqs_cis = cache.clone()
-
-
-class VideoTracker:
-    """Tracks n objects through one video with SAM 2's memory: `prompt` on each conditioning frame, then `step`
-    frame by frame.
-
-    Objects may come from different clips (`frame_index` picks each object's frame in the `FrameFeatures`), but
-    share `num_frames`, the source video's length, which scales SAM 2's object-pointer time encoding.
-    Memory is bounded: after each step only the non-prompted frames that the next step can attend to are kept
-    (the last `num_maskmem` memories, the last `max_obj_ptrs_in_encoder` pointers), so long videos stream.
-    `memory_from_low_res` encodes a prompted frame's memory from its low-res logits upsampled, as
-    SAM2VideoPredictor does (default); False uses the heads' own high-res mask, as Meta's `SAM2Train` does.
-    """
-
-    def __init__(
-        self,
-        model: SAM2Base,
-        num_frames: int,
-        *,
-        bptt: bool = True,
-        mask_prompt_passthrough: bool = True,
-        memory_from_low_res: bool = True,
-    ) -> None:
-        self.model = model
-        # The pointer time encoding divides by min(num_frames, max_obj_ptrs_in_encoder) - 1.
-        self.num_frames = max(int(num_frames), 2)
-        self.bptt = bptt
-        self.mask_prompt_passthrough = mask_prompt_passthrough
-        self.memory_from_low_res = memory_from_low_res
-        self.memory: dict[str, dict[int, dict]] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
-        self.num_objects = 0
-        _ensure_rope_trainable(model)
-
-    @property
-    def num_multimask(self) -> int:
-        m = self.model
-        return m.sam_mask_decoder.num_multimask_outputs if m.multimask_output_in_sam else 1
-
-    def prompt(
-        self,
-        frame_idx: int,
-        frames: FrameFeatures,
-        prompts: Prompts,
-        frame_index: torch.Tensor | None = None,
-        *,
-        gt: torch.Tensor | None = None,
-        clicker: Clicker | None = None,
-    ) -> FrameOutput:
-        """Segment a conditioning frame from prompts (leading object axis, n objects) and store it as
-        conditioning memory. `frame_index` [n] (default all 0) picks each object's frame in `frames`.
-        With a `clicker` (and the frame's ground truth gt [n, S, S] bool), objects prompted with points or a box
-        get correction clicks, every step kept in the output's step axes."""
-        n = self.num_objects = prompts.kind.numel()
-        frame_index = torch.zeros(n, dtype=torch.long) if frame_index is None else frame_index.cpu()
-        groups = group_prompts(prompts, self.model.image_size)
-        parts = []
-        for g in groups:
-            feats, pos = frames.gather(frame_index[g.index])
-            high_res = self._high_res(feats, frames.sizes)
-            if g.mask_inputs is not None and self.mask_prompt_passthrough:
-                parts.append(self._passthrough(feats, frames.sizes, high_res, g.mask_inputs))
-                continue
-            pix = self._conditioned(frame_idx, True, feats, pos, frames.sizes)
-            decoded = self._heads(pix, high_res, g.point_inputs, g.mask_inputs, True)
-            if clicker is not None and g.point_inputs is not None:
-                assert gt is not None, "correction clicks need the ground truth"
-                decoded = self._correct(
-                    decoded, pix, high_res, g.point_inputs, True, gt[g.index], clicker.subset(g.index)
-                )
-            parts.append(decoded)
-        decoded = _Decoded.merge(parts, torch.cat([g.index for g in groups]))
-        if self.memory_from_low_res:
-            size = (self.model.image_size, self.model.image_size)
-            low = decoded.out.low_res_logits[:, None]
-            decoded.high_res_masks = F.interpolate(low, size=size, mode="bilinear", align_corners=False)
-        feats, _ = frames.gather(frame_index)
-        self._remember("cond_frame_outputs", frame_idx, feats, frames.sizes, decoded, True)
-        return decoded.out
-
-    def step(
-        self,
-        frame_idx: int,
-        frames: FrameFeatures,
-        frame_index: torch.Tensor | None = None,
-        *,
-        gt: torch.Tensor | None = None,
-        clicker: Clicker | None = None,
-        as_cond: bool = False,
-    ) -> FrameOutput:
-        """Track all objects into frame `frame_idx` and add it to memory. With a `clicker` (and gt [n, S, S]
-        bool) the frame gets correction clicks and, with `as_cond`, becomes conditioning memory."""
-        if not self.memory["cond_frame_outputs"]:
-            raise RuntimeError("VideoTracker.step before prompt: no prompted frame in memory")
-        n = self.num_objects
-        frame_index = torch.zeros(n, dtype=torch.long) if frame_index is None else frame_index.cpu()
-        feats, pos = frames.gather(frame_index)
-        high_res = self._high_res(feats, frames.sizes)
-        pix = self._conditioned(frame_idx, False, feats, pos, frames.sizes)
-        decoded = self._heads(pix, high_res, None, None, False)
-        if clicker is not None:
-            assert gt is not None, "correction clicks need the ground truth"
-            decoded = self._correct(decoded, pix, high_res, None, False, gt, clicker)
-        key = "cond_frame_outputs" if as_cond else "non_cond_frame_outputs"
-        self._remember(key, frame_idx, feats, frames.sizes, decoded, clicker is not None)
-        self._forget(frame_idx)
-        return decoded.out
-
-    @staticmethod
-    def _high_res(feats: list[torch.Tensor], sizes: list[tuple[int, int]]) -> list[torch.Tensor] | None:
-        n = feats[-1].shape[1]
-        return [x.permute(1, 2, 0).view(n, x.shape[2], *s) for x, s in zip(feats[:-1], sizes[:-1])] or None
-
-    def _conditioned(
-        self,
-        frame_idx: int,
-        is_cond: bool,
-        feats: list[torch.Tensor],
-        pos: list[torch.Tensor],
-        sizes: list[tuple[int, int]],
-    ) -> torch.Tensor:
-        """The frame's lowest-resolution features conditioned on memory [n, C, h, w] (SAM 2's rule: an initial
-        conditioning frame only gets the no-memory embedding)."""
-        return self.model._prepare_memory_conditioned_features(
-            frame_idx=frame_idx,
-            is_init_cond_frame=is_cond,
-            current_vision_feats=feats[-1:],
-            current_vision_pos_embeds=pos[-1:],
-            feat_sizes=sizes[-1:],
-            output_dict=self.memory,
-            num_frames=self.num_frames,
-        )
-
-    def _passthrough(
-        self,
-        feats: list[torch.Tensor],
-        sizes: list[tuple[int, int]],
-        high_res: list[torch.Tensor] | None,
-        mask_inputs: torch.Tensor,
-    ) -> _Decoded:
-        """The mask prompt itself as the output (SAM 2's `use_mask_input_as_output_without_sam`)."""
-        n = feats[-1].shape[1]
-        pix = feats[-1].permute(1, 2, 0).view(n, self.model.hidden_dim, *sizes[-1])
-        return self._pack(self.model._use_mask_as_output(pix, high_res, mask_inputs), False)
-
-    def _heads(
-        self,
-        pix: torch.Tensor,
-        high_res: list[torch.Tensor] | None,
-        point_inputs: dict[str, torch.Tensor] | None,
-        mask_inputs: torch.Tensor | None,
-        is_cond: bool,
-    ) -> _Decoded:
-        """One call of SAM's prompt encoder and mask decoder on memory-conditioned features."""
-        multimask = self.model._use_multimask(is_cond, point_inputs)
-        sam = self.model._forward_sam_heads(
-            backbone_features=pix,
-            point_inputs=point_inputs,
-            mask_inputs=mask_inputs,
-            high_res_features=high_res,
-            multimask_output=multimask,
-        )
-        return self._pack(sam, multimask)
-
-    def _correct(
-        self,
-        decoded: _Decoded,
-        pix: torch.Tensor,
-        high_res: list[torch.Tensor] | None,
-        point_inputs: dict[str, torch.Tensor] | None,
-        is_cond: bool,
-        gt: torch.Tensor,
-        clicker: Clicker,
-    ) -> _Decoded:
-        """Add `clicker.num_points` correction clicks one after another, each from the error region of the
-        current mask, feeding the previous low-res logits back as the mask input (Meta's iterative sampling)."""
-        steps = [decoded.out]
-        for _ in range(clicker.num_points):
-            coords, labels = clicker.next_clicks(gt, decoded.high_res_masks)
-            if point_inputs is None:
-                point_inputs = {"point_coords": coords, "point_labels": labels}
-            else:
-                point_inputs = {
-                    "point_coords": torch.cat([point_inputs["point_coords"], coords], dim=1),
-                    "point_labels": torch.cat([point_inputs["point_labels"], labels], dim=1),
-                }
-            decoded = self._heads(pix, high_res, point_inputs, decoded.out.low_res_logits[:, None], is_cond)
-            steps.append(decoded.out)
-        decoded.out = FrameOutput.stack_steps(steps)
-        return decoded
-
-    def _pack(self, sam: tuple, multimask: bool) -> _Decoded:
-        low_multi, _, ious, low, high, obj_ptr, scores = sam
-        n, m = low.shape[0], self.num_multimask
-        multi = low_multi.expand(-1, m, -1, -1) if low_multi.shape[1] == 1 else low_multi
-        iou = ious.expand(-1, m) if ious.shape[1] == 1 else ious
-        out = FrameOutput(
-            low_res_logits=low[:, 0],
-            multimask_logits=multi,
-            iou_pred=iou,
-            is_multimask=torch.full((n,), multimask and m > 1, dtype=torch.bool, device=low.device),
-            object_score_logits=scores[:, 0],
-            step_multimask_logits=multi[:, None],
-            step_iou_pred=iou[:, None],
-            step_object_score_logits=scores,
-            step_valid=torch.ones(n, 1, dtype=torch.bool, device=low.device),
-        )
-        return _Decoded(out=out, high_res_masks=high, obj_ptr=obj_ptr, object_score_logits=scores)
-
-    def _remember(
-        self,
-        key: str,
-        frame_idx: int,
-        feats: list[torch.Tensor],
-        sizes: list[tuple[int, int]],
-        decoded: _Decoded,
-        is_mask_from_pts: bool,
-    ) -> None:
-        """Encode the frame's kept masks into memory and store it with the object pointers."""
-        model = self.model
-        features, pos_enc, obj_ptr = None, None, decoded.obj_ptr
-        if model.num_maskmem > 0:
-            features, pos_enc = model._encode_new_memory(
-                current_vision_feats=feats,
-                feat_sizes=sizes,
-                pred_masks_high_res=decoded.high_res_masks,
-                object_score_logits=decoded.object_score_logits,
-                is_mask_from_pts=is_mask_from_pts,
-            )
-            if not self.bptt:
-                features = features.detach()
-            if not model.training:
-                features = features.to(torch.bfloat16)  # as SAM2VideoPredictor stores memory
-        if not self.bptt:
-            obj_ptr = obj_ptr.detach()
-        entry = {"maskmem_features": features, "maskmem_pos_enc": pos_enc, "obj_ptr": obj_ptr}
-        self.memory[key][frame_idx] = entry
-
-    def _forget(self, frame_idx: int) -> None:
-        """Drop non-prompted memories that frames after `frame_idx` can no longer attend to."""
-        model = self.model
-        stride = 1 if model.training else model.memory_temporal_stride_for_eval
-        mem_from = frame_idx - stride * (model.num_maskmem - 1)
-        ptr_from = frame_idx + 1
-        if model.use_obj_ptrs_in_encoder:
-            ptr_from = frame_idx + 2 - min(self.num_frames, model.max_obj_ptrs_in_encoder)
-        store = self.memory["non_cond_frame_outputs"]
-        for t in list(store):
-            if t < mem_from and t < ptr_from:
-                del store[t]
-            elif t < mem_from:
-                store[t] = {"maskmem_features": None, "maskmem_pos_enc": None, "obj_ptr": store[t]["obj_ptr"]}
-            elif t < ptr_from:
-                store[t] = {**store[t], "obj_ptr": None}
+__all__ = [
+    "NO_OBJ_LOGIT",
+    "FrameFeatures",
+    "FrameOutput",
+    "VideoOutput",
+    "VideoTracker",
+    "encode_frames",
+    "group_prompts",
+    "run_video",
+    "tracked_objects",
+]
 
 
 @dataclass
@@ -551,8 +96,17 @@ class _ChunkedFrames:
     """Backbone features of a [B, T] clip, encoded `chunk` frames (per clip) at a time and dropped once
     tracking has moved past them, so the encoder's activations and features stay bounded for long videos."""
 
-    def __init__(self, model: SAM2Base, images: torch.Tensor, chunk: int | None, frozen: bool | None) -> None:
-        self.model, self.images, self.frozen = model, images, frozen
+    def __init__(
+        self,
+        model: SAM2Base,
+        batch: VideoBatch,
+        chunk: int | None,
+        frozen: bool | None,
+        encoder: CachedEncoder | None = None,
+    ) -> None:
+        self.model, self.batch, self.images, self.frozen = model, batch, batch.images, frozen
+        self.encoder = encoder
+        images = batch.images
         self.t = images.shape[1]
         self.chunk = self.t if chunk is None else max(1, chunk)
         self.start, self.frames = -1, None
@@ -564,7 +118,10 @@ class _ChunkedFrames:
             self.frames = None  # free the previous chunk before encoding the next
             stop = min(start + self.chunk, self.t)
             clip = self.images[:, start:stop].flatten(0, 1)
-            self.frames = encode_frames(self.model, clip, self.frozen)
+            if self.encoder is not None:
+                self.frames = self.encoder.encode(clip, frame_keys(self.batch, start, stop))
+            else:
+                self.frames = encode_frames(self.model, clip, self.frozen)
             self.start, self.length = start, stop - start
         return self.frames, obj_b * self.length + (t - start)
 
@@ -618,6 +175,7 @@ def run_video(
     chunk: int | None = None,
     prompts_cfg: PromptsConfig | None = None,
     memory_from_low_res: bool = True,
+    encoder: CachedEncoder | None = None,
 ) -> VideoOutput:
     """Track every prompted object of `batch` through the clip, all objects of the batch on one object axis.
     In eval mode under no_grad, with first-frame prompts, this matches SAM2VideoPredictor frame by frame.
@@ -630,14 +188,15 @@ def run_video(
     share one tracker (one SAM call per frame).
 
     `chunk` encodes that many frames per clip at a time (None: the whole clip in one encoder call, the fastest for
-    training clips); validation and predict stream long videos with a small chunk.
+    training clips); validation and predict stream long videos with a small chunk. `encoder` (a frozen image
+    encoder's feature cache, `model.cache_features`) replaces the image encoder.
     """
     b, t, n = batch.shape
     size = model.image_size
     dev = batch.images.device
     tracked = tracked_objects(batch).cpu()
     obj_b, obj_n = tracked.nonzero(as_tuple=True)
-    frames = _ChunkedFrames(model, batch.images, chunk, frozen_image_encoder)
+    frames = _ChunkedFrames(model, batch, chunk, frozen_image_encoder, encoder)
     prompts = _index_prompts(batch.prompts, obj_b.to(dev), obj_n.to(dev))
     kinds = prompts.kind.cpu()
     schedules = _schedules(batch, obj_b, obj_n, kinds, prompts_cfg is not None)
