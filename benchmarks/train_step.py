@@ -86,6 +86,10 @@ class Settings:
     weight_decay: float = 0.1
     clip: float = 0.1
     seed: int = 0
+    loss: str = "sam2train"
+    """Our side's loss.type: sam2train (the spec's four terms + object score) or sam2 (Meta's, as side b)."""
+    activation_checkpointing: bool = False
+    """Our side with model.activation_checkpointing (memory attention, memory encoder, decoder recomputed)."""
     threads: int | None = None
     """torch intra-op threads (None: torch's default). 1 keeps timings sane on a machine shared with other
     jobs: two OpenMP threads competing for busy cores can slow a step down tenfold."""
@@ -171,9 +175,13 @@ def build_ours(s: Settings) -> torch.nn.Module:
 
     cfg = Config(
         model=ModelConfig(
-            config=s.model, image_size=s.image_size, checkpoint=None, trainable_modules=s.trainable
+            config=s.model,
+            image_size=s.image_size,
+            checkpoint=None,
+            trainable_modules=s.trainable,
+            activation_checkpointing=s.activation_checkpointing,
         ),
-        loss=LossConfig(object_score_weight=1.0),
+        loss=LossConfig(type=s.loss, object_score_weight=1.0),
     )
     module = SAM2LightningModule(cfg)
     torch.manual_seed(s.seed)
@@ -408,6 +416,7 @@ def settings_argv(s: Settings) -> list[str]:
         f"--objects={s.objects}", f"--prompt={s.prompt}", f"--precision={s.precision}",
         "--trainable", *s.trainable, f"--steps={s.steps}", f"--warmup={s.warmup}", f"--device={s.device}",
         f"--lr={s.lr}", f"--weight-decay={s.weight_decay}", f"--clip={s.clip}", f"--seed={s.seed}",
+        f"--loss={s.loss}", *(["--activation-checkpointing"] if s.activation_checkpointing else []),
         *([f"--threads={s.threads}"] if s.threads else []),
     ]  # fmt: skip
 
@@ -560,6 +569,12 @@ def add_settings_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip", type=float, default=0.1, help="grad-norm clip (Meta's fine-tune value)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 on a shared machine)")
+    parser.add_argument(
+        "--loss", default="sam2train", choices=("sam2train", "sam2"), help="our side's loss.type"
+    )
+    parser.add_argument(
+        "--activation-checkpointing", action="store_true", help="our side with model.activation_checkpointing"
+    )
 
 
 def settings_from_args(args: argparse.Namespace, frames: int, objects: int) -> Settings:
@@ -582,6 +597,8 @@ def settings_from_args(args: argparse.Namespace, frames: int, objects: int) -> S
         weight_decay=args.weight_decay,
         clip=args.clip,
         seed=args.seed,
+        loss=args.loss,
+        activation_checkpointing=args.activation_checkpointing,
         threads=args.threads,
     )
 

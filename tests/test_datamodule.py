@@ -55,7 +55,7 @@ def test_batches_have_the_contract_shapes(demo: Path) -> None:
     batch = _batches(_cfg(demo / "train", "data.batch_size=2", "prompts.type=mixed"), n=1)[0]
     b, t, n = batch.shape
     assert (b, t) == (2, 3) and 1 <= n <= 3
-    assert batch.images.shape == (2, 3, 3, 64, 64) and batch.images.dtype == torch.float32
+    assert batch.images.shape == (2, 3, 3, 64, 64) and batch.images.dtype == torch.uint8
     assert batch.masks.shape == (2, 3, n, 64, 64) and set(batch.masks.unique().tolist()) <= {0.0, 1.0}
     assert batch.valid.shape == (2, 3, n) and batch.valid.dtype == torch.bool
     assert batch.ignore.shape == (2, 3, 64, 64)

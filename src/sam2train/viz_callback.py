@@ -72,7 +72,7 @@ def video_pictures(
     evenly spaced frames, GIF frames [h, w', 3] uint8 of ground truth | prediction, one per frame of the clip).
     Padded objects are left out; a clip without objects gives plain frames.
     """
-    frames = _denormalize(clip.images[0].detach().float().cpu())  # [T, S, S, 3]
+    frames = _denormalize(clip.images[0].detach().cpu())  # [T, S, S, 3]
     valid = clip.valid[0].any(0).cpu()  # [N]
     ids = clip.object_ids[0].cpu()[valid].tolist()
     gt = (clip.masks[0].detach().cpu()[:, valid] > 0.5).numpy()  # [T, K, S, S]

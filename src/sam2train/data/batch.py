@@ -36,7 +36,7 @@ class Prompts:
 class VideoSample:
     """One clip with its objects, as the dataset returns it (before batching).
 
-    images:  [T, 3, H, W] float, ImageNet-normalised
+    images:  [T, 3, H, W] uint8 RGB as loaded (the video pass normalises on the device), or float normalised
     masks:   [T, N, H, W] float 0/1 (an object absent in a frame has an empty mask and stays valid)
     ignore:  [T, H, W] bool, void pixels (255 in DAVIS palettes) excluded from the loss
     frame_indices: [T] long, the frames' indices in their video
@@ -64,7 +64,7 @@ class VideoSample:
 class VideoBatch:
     """A batch of clips, objects padded to the largest N of the batch.
 
-    images:  [B, T, 3, H, W] float, normalised
+    images:  [B, T, 3, H, W] uint8 RGB, or float ImageNet-normalised (both accepted by the video pass)
     masks:   [B, T, N, H, W] float 0/1
     valid:   [B, T, N] bool, False for padded objects
     ignore:  [B, T, H, W] bool, void pixels

@@ -203,7 +203,7 @@ class SAM2LightningDataModule(L.LightningDataModule):
             num_workers=data.num_workers,
             collate_fn=collate_videos,
             pin_memory=data.pin_memory and torch.cuda.is_available(),
-            persistent_workers=data.num_workers > 0,
+            persistent_workers=data.persistent_workers and data.num_workers > 0,
             drop_last=False,
             worker_init_fn=partial(worker_init, rank=rank) if data.num_workers > 0 else None,
             # the loader's base seed comes from here, not from the global RNG the model's dropout uses

@@ -11,7 +11,7 @@ from .batch import VideoSample
 from .prompts import make_prompts
 from .sampling import ClipRef, clip_positions, sample_generator, select_objects
 from .source_base import DataError, FrameMasks, VideoInfo, VideoSource
-from .transforms import ClipAugment, normalize, resize_frame, resize_masks, resize_nearest
+from .transforms import ClipAugment, resize_frame, resize_masks, resize_nearest
 
 _AUGMENT_TRIES = 3
 _VAL_SEED_OFFSET = 7919  # validation prompts use their own stream, fixed across epochs
@@ -77,7 +77,7 @@ class ClipDataset(Dataset[VideoSample]):
         )
         cond_frames, correct_frames = self._schedule(len(positions), g)
         return VideoSample(
-            images=normalize(frames),
+            images=frames,
             masks=masks.float(),
             ignore=void,
             prompts=prompts,

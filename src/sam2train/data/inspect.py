@@ -43,7 +43,10 @@ def dataset_stats(source) -> dict:
 
 
 def _denormalize(images: torch.Tensor) -> np.ndarray:
-    """[T,3,H,W] normalised -> [T,H,W,3] uint8."""
+    """[T,3,H,W] uint8 (as loaded) or normalised float -> [T,H,W,3] uint8."""
+    if images.dtype == torch.uint8:
+        return images.permute(0, 2, 3, 1).numpy()
+    images = images.float()
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     x = ((images * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)

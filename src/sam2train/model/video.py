@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from sam2train.data.batch import PROMPT_BOX, PROMPT_NONE, PROMPT_POINT, Prompts, VideoBatch
+from sam2train.data.transforms import normalize
 from sam2train.model.corrections import Clicker, prompts_from_ground_truth
 from sam2train.model.feature_cache import frame_keys
 from sam2train.model.tracker import (
@@ -118,6 +119,8 @@ class _ChunkedFrames:
             self.frames = None  # free the previous chunk before encoding the next
             stop = min(start + self.chunk, self.t)
             clip = self.images[:, start:stop].flatten(0, 1)
+            if clip.dtype == torch.uint8:  # loader clips stay uint8 until here
+                clip = normalize(clip)
             if self.encoder is not None:
                 self.frames = self.encoder.encode(clip, frame_keys(self.batch, start, stop))
             else:
