@@ -49,7 +49,7 @@ def test_default_yaml_carries_the_spec_values() -> None:
     assert (cfg.trainer.gradient_clip_val, cfg.trainer.log_every_n_steps) == (1.0, 50)
     assert (cfg.optimizer.type, cfg.optimizer.lr, cfg.optimizer.weight_decay) == ("AdamW", 1e-4, 1e-4)
     assert cfg.optimizer.betas == [0.9, 0.999]
-    assert (cfg.scheduler.type, cfg.scheduler.T_max, cfg.scheduler.eta_min) == ("CosineAnnealingLR", 10, 1e-6)
+    assert (cfg.scheduler.type, cfg.scheduler.T_max, cfg.scheduler.eta_min) == ("CosineAnnealingLR", 50, 1e-6)
     weights = (cfg.loss.bce_weight, cfg.loss.dice_weight, cfg.loss.iou_weight, cfg.loss.temporal_weight)
     assert weights == (1.0, 1.0, 0.5, 0.1)
 

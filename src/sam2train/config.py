@@ -382,7 +382,7 @@ class SchedulerConfig:
     enabled: bool = True
     type: str = "CosineAnnealingLR"
     """CosineAnnealingLR | StepLR."""
-    T_max: int = 10
+    T_max: int = 50
     """CosineAnnealingLR period, in scheduler intervals."""
     eta_min: float = 1e-6
     eta_min_ratio: float | None = None
