@@ -346,8 +346,9 @@ def video_jf(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> tuple
     """Sums over the scored objects of each object's mean J and mean F, and the number of objects.
 
     pred, gt: [B, T, N, H, W] bool; valid: [B, T, N], True from each object's prompt frame on (an object
-    appearing later is scored from there). As the DAVIS / YouTube-VOS evaluators do, an object's prompt frame and
-    the clip's last frame are not scored (when that leaves at least one frame).
+    appearing later is scored from there). As the DAVIS / YouTube-VOS evaluators do, an object's prompt frame is
+    not scored, nor the clip's last frame when another frame is left; an object prompted on the last frame has no
+    frame to score and is not counted.
     """
     from .metrics import sequence_scores
 
@@ -356,11 +357,13 @@ def video_jf(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> tuple
     t = pred.shape[1]
     for b in range(pred.shape[0]):
         for n in valid[b].any(dim=0).nonzero().flatten().tolist():
-            start = int(valid[b, :, n].nonzero()[0])
-            frames = slice(start, t)
-            skip = t - start >= 3
+            first = int(valid[b, :, n].nonzero()[0]) + 1
+            last = t - 1 if t - first >= 2 else t
+            if last <= first:
+                continue
+            frames = slice(first, last)
             scores = sequence_scores(
-                pred[b, frames, n : n + 1], gt[b, frames, n : n + 1], skip_first_last=skip
+                pred[b, frames, n : n + 1], gt[b, frames, n : n + 1], skip_first_last=False
             )
             j_sum += float(scores["J"].mean())
             f_sum += float(scores["F"].mean())
