@@ -58,7 +58,10 @@ SIDES = ("plain", "cache")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(REPO / "data" / "demo" / "train"), help="a training dataset folder")
+    p.add_argument(
+        "--data",
+        help="a training dataset folder (default: data/demo/train, generated in a temporary folder if absent)",
+    )
     p.add_argument("--model", default="sam2.1_hiera_t")
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--clip-length", type=int, default=8)
@@ -220,11 +223,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if not Path(args.data).is_dir():
-        raise SystemExit(f"{args.data}: no dataset folder (make one with `sam2train demo-data data/demo`)")
-    cfg = run_config(args)
-    _, dataset = open_split(cfg, train=True)
     with tempfile.TemporaryDirectory() as tmp:
+        if args.data is None:
+            args.data = str(REPO / "data" / "demo" / "train")
+            if not Path(args.data).is_dir():  # the demo dataset `make demo` writes, made here when absent
+                from sam2train.data.synthetic import write_demo_dataset
+
+                write_demo_dataset(Path(tmp) / "demo")
+                args.data = str(Path(tmp) / "demo" / "train")
+        if not Path(args.data).is_dir():
+            raise SystemExit(
+                f"{args.data}: no dataset folder (make one with `sam2train demo-data data/demo`)"
+            )
+        cfg = run_config(args)
+        _, dataset = open_split(cfg, train=True)
         root = Path(args.cache_dir) if args.cache_dir else Path(tmp)
         sides = {name: Side(name, cfg, args.device, root, args.lr) for name in SIDES}
         clips = frames = 0
