@@ -4,6 +4,7 @@ and the validation pictures; a missing package is a config error naming the pip 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -106,7 +107,12 @@ def test_wandb_offline_run_holds_metrics_and_pictures(tmp_path: Path, offline_en
         wandb.finish()  # flushes the run file; Lightning leaves the run open
     offline = list((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
-    data = b"".join(p.read_bytes() for p in offline[0].glob("run-*.wandb"))
+    # wandb's service process may still be writing the run file after finish() returns on a busy machine
+    for _ in range(60):
+        data = b"".join(p.read_bytes() for p in offline[0].glob("run-*.wandb"))
+        if b"val/total" in data and IMAGE_TAG.encode() in data:
+            break
+        time.sleep(1)
     assert b"train/total" in data and b"val/total" in data and IMAGE_TAG.encode() in data
     assert list((offline[0] / "files" / "media" / "images").rglob("*.png"))
 
