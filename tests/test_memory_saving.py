@@ -10,19 +10,12 @@ import pickle
 import pytest
 import torch
 
+from sam2train.config import TRAINABLE_GROUPS
 from sam2train.model import apply_trainable, encode_frames, run_video
 from sam2train.model import memory_saving as ms
 
 # everything but the image encoder: its backward is slow and it is not checkpointed
-TRAINABLE = [
-    "memory_attention",
-    "memory_encoder",
-    "sam_prompt_encoder",
-    "sam_mask_decoder",
-    "obj_ptr_proj",
-    "obj_ptr_tpos_proj",
-    "free_parameters",
-]
+TRAINABLE = [g for g in TRAINABLE_GROUPS if g != "image_encoder"]
 KINDS = [["mask", "box"], ["point"]]  # a mask frame skips the decoder; boxes and points use it on frame 0
 
 

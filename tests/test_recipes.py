@@ -18,7 +18,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from sam2train.cli import main
-from sam2train.config import VALID_KEYS, Config, ConfigError, load_config
+from sam2train.config import TRAINABLE_GROUPS, VALID_KEYS, Config, ConfigError, load_config
 from sam2train.data.synthetic import write_demo_dataset
 from sam2train.model import corrections
 from sam2train.model.feature_cache import check_cache_allowed
@@ -30,16 +30,7 @@ OFFICIAL = CONFIGS / "sam2.1_official_finetune.yaml"
 MEMORY_ONLY = CONFIGS / "memory_only.yaml"
 DECODER_AND_MEMORY = CONFIGS / "decoder_and_memory.yaml"
 MOSE_RECIPE = "configs/sam2.1_training/sam2.1_hiera_b+_MOSE_finetune.yaml"
-ALL_GROUPS = [
-    "image_encoder",
-    "memory_attention",
-    "memory_encoder",
-    "sam_prompt_encoder",
-    "sam_mask_decoder",
-    "obj_ptr_proj",
-    "obj_ptr_tpos_proj",
-    "free_parameters",
-]
+ALL_GROUPS = list(TRAINABLE_GROUPS)
 MEMORY_GROUPS = ["memory_attention", "memory_encoder", "obj_ptr_proj", "obj_ptr_tpos_proj"]
 
 

@@ -16,13 +16,12 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.optim.lr_scheduler import LRScheduler
 
 from .config import Config, UserError, config_from_dict, to_dict
 from .data.batch import PROMPT_MASK, Prompts, VideoBatch
 from .losses import SAM2TrainingLoss
 from .losses_sam2 import SAM2OfficialLoss
-from .optim import build_optimizer, build_scheduler, main_scheduler, needs_steps_per_epoch
+from .optim import build_optimizer, build_scheduler, needs_steps_per_epoch
 
 log = logging.getLogger("sam2train")
 
@@ -391,10 +390,6 @@ def _set_rng_states(states: dict[str, Any]) -> None:
     random.setstate(states["python"])
     if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def _main_scheduler(optimizer: torch.optim.Optimizer, cfg, unit: int) -> LRScheduler:
-    return main_scheduler(optimizer, cfg, unit)
 
 
 def as_video_batch(

@@ -68,6 +68,18 @@ def sample_points(
     return torch.cat(coords), torch.tensor(labels, dtype=torch.long)
 
 
+def pad_points(coords: list[torch.Tensor], labels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-object clicks (coords [P_k, 2], labels [P_k]) -> point_coords [N, P, 2] and point_labels [N, P], padded
+    to the most clicks with label -1."""
+    n, p = len(coords), max([len(c) for c in coords], default=0)
+    point_coords = torch.zeros(n, p, 2)
+    point_labels = torch.full((n, p), -1, dtype=torch.long)
+    for k in range(n):
+        point_coords[k, : len(coords[k])] = coords[k]
+        point_labels[k, : len(labels[k])] = labels[k]
+    return point_coords, point_labels
+
+
 def choose_kind(cfg: PromptsConfig, prompt_type: str, g: torch.Generator) -> int:
     if prompt_type != "mixed":
         return _KINDS[prompt_type]
@@ -105,12 +117,7 @@ def make_prompts(
             c, lab = torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)
         coords.append(c)
         labels.append(lab)
-    p = max([len(c) for c in coords], default=0)
-    point_coords = torch.zeros(n, p, 2)
-    point_labels = torch.full((n, p), -1, dtype=torch.long)
-    for k in range(n):
-        point_coords[k, : len(coords[k])] = coords[k]
-        point_labels[k, : len(labels[k])] = labels[k]
+    point_coords, point_labels = pad_points(coords, labels)
     return Prompts(
         kind=torch.tensor(kinds, dtype=torch.long),
         point_coords=point_coords,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from sam2train.data.batch import PROMPT_BOX, PROMPT_MASK, PROMPT_POINT, Prompts
-from sam2train.data.prompts import noisy_box
+from sam2train.data.prompts import noisy_box, pad_points
 
 
 def sample_click(gt: torch.Tensor, pred: torch.Tensor | None, g: torch.Generator) -> tuple[torch.Tensor, int]:
@@ -102,12 +102,7 @@ def prompts_from_ground_truth(
             labels.append(torch.tensor([label]))
         else:
             raise ValueError(f"object {i} has no prompt kind ({kind}) to condition an extra frame with")
-    p = max((len(c) for c in coords), default=0)
-    point_coords = torch.zeros(n, p, 2)
-    point_labels = torch.full((n, p), -1, dtype=torch.long)
-    for i in range(n):
-        point_coords[i, : len(coords[i])] = coords[i]
-        point_labels[i, : len(labels[i])] = labels[i]
+    point_coords, point_labels = pad_points(coords, labels)
     device = gt.device
     return Prompts(
         kind=torch.tensor(out_kind, dtype=torch.long, device=device),
