@@ -18,7 +18,7 @@ import torch
 
 from sam2train.config import load_config
 from sam2train.data.datamodule import SAM2LightningDataModule
-from sam2train.data.synthetic import write_demo_dataset
+from sam2train.data.demo import write_demo_dataset
 
 
 def measure(train_path: Path, size: int, workers: int, batches: int) -> float:

@@ -7,7 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sam2train.data.synthetic import write_demo_dataset
+from sam2train.data.demo import write_demo_dataset
 
 
 def main(argv: list[str]) -> None:

@@ -41,11 +41,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_step.py beside this file
 import train_step as ts  # noqa: E402
+from sam2train.batch import VideoBatch, collate_videos  # noqa: E402
 from sam2train.config import Config, DataConfig, LossConfig, ModelConfig, PromptsConfig  # noqa: E402
-from sam2train.data.batch import VideoBatch, collate_videos  # noqa: E402
 from sam2train.data.datamodule import open_split  # noqa: E402
 from sam2train.data.dataset import ClipDataset  # noqa: E402
-from sam2train.losses import SAM2TrainingLoss  # noqa: E402
+from sam2train.losses.training import SAM2TrainingLoss  # noqa: E402
 from sam2train.model import apply_trainable, build_model, run_video  # noqa: E402
 from sam2train.model import video as video_module  # noqa: E402
 from sam2train.model.feature_cache import CachedEncoder, FeatureCache, cache_key, frame_keys  # noqa: E402
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.data is None:
             args.data = str(REPO / "data" / "demo" / "train")
             if not Path(args.data).is_dir():  # the demo dataset `make demo` writes, made here when absent
-                from sam2train.data.synthetic import write_demo_dataset
+                from sam2train.data.demo import write_demo_dataset
 
                 write_demo_dataset(Path(tmp) / "demo")
                 args.data = str(Path(tmp) / "demo" / "train")

@@ -149,7 +149,7 @@ def save_initial(cfg: Any, path: Path) -> None:
     import torch
 
     from sam2train.config import to_dict
-    from sam2train.lightning import CONFIG_KEY, SAM2LightningModule
+    from sam2train.train.module import CONFIG_KEY, SAM2LightningModule
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = SAM2LightningModule(cfg)
@@ -161,7 +161,7 @@ def save_initial(cfg: Any, path: Path) -> None:
 def run_fit(overrides: list[str]) -> float:
     """`sam2train fit` in a subprocess (its own process: Lightning state, seeds, data workers); wall seconds."""
     start = time.perf_counter()
-    cmd = [sys.executable, "-m", "sam2train.cli", "fit", "--config", str(CONFIG), *overrides]
+    cmd = [sys.executable, "-m", "sam2train.cli.commands", "fit", "--config", str(CONFIG), *overrides]
     print("+", " ".join(cmd), flush=True)
     result = subprocess.run(cmd, cwd=REPO)
     if result.returncode != 0:
@@ -222,7 +222,7 @@ def score_predictions(pred: Path, gt: Path, seqs: list[str]) -> dict[str, Any]:
 
 def predict_and_score(ckpt: Path, seqs: list[str], frames: Path, gt: Path, pred: Path) -> dict[str, Any]:
     """`sam2train predict` from the first ground-truth mask of each sequence, then J&F of the predictions."""
-    from sam2train.cli import main as sam2train
+    from sam2train.cli.commands import main as sam2train
 
     for seq in seqs:
         prompt = sorted((gt / seq).glob("*.png"))[0]

@@ -45,8 +45,8 @@ from typing import Any
 
 import torch
 
+from sam2train.batch import PROMPT_BOX, PROMPT_MASK, PROMPT_POINT, Prompts, VideoBatch
 from sam2train.config import TRAINABLE_GROUPS, Config, LossConfig, ModelConfig
-from sam2train.data.batch import PROMPT_BOX, PROMPT_MASK, PROMPT_POINT, Prompts, VideoBatch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MOSE_FINETUNE = "configs/sam2.1_training/sam2.1_hiera_b+_MOSE_finetune.yaml"
@@ -171,7 +171,7 @@ def meta_batch(batch: VideoBatch) -> tuple[Any, dict[str, torch.Tensor] | None]:
 
 def build_ours(s: Settings) -> torch.nn.Module:
     """Our SAM2LightningModule with a random (seeded) SAM 2, `s.trainable` groups trainable, on `s.device`."""
-    from sam2train.lightning import SAM2LightningModule
+    from sam2train.train.module import SAM2LightningModule
 
     cfg = Config(
         model=ModelConfig(
@@ -376,7 +376,7 @@ def memory_of_side(s: Settings, name: str) -> dict[str, float | str]:
     import training.loss_fns  # noqa: F401  (both sides import the same modules: same baseline RSS)
     import training.model.sam2  # noqa: F401
 
-    import sam2train.lightning  # noqa: F401
+    import sam2train.train.module  # noqa: F401
 
     apply_threads(s)
     side = build_sides(s, (name,))[name]

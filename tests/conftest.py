@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sam2train.config import ModelConfig
-from sam2train.data.batch import (
+from sam2train.batch import (
     PROMPT_BOX,
     PROMPT_MASK,
     PROMPT_POINT,
@@ -20,6 +19,7 @@ from sam2train.data.batch import (
     VideoSample,
     collate_videos,
 )
+from sam2train.config import ModelConfig
 
 TINY_SIZE = 128
 PROMPT_KINDS = {"mask": PROMPT_MASK, "box": PROMPT_BOX, "point": PROMPT_POINT, "points": PROMPT_POINT}

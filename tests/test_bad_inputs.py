@@ -18,8 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sam2train.cli import main
-from sam2train.data.synthetic import write_demo_dataset
+from sam2train.cli.commands import main
+from sam2train.data.demo import write_demo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from layouts import davis_to_coco, davis_to_sav, davis_to_ytvos, make_davis, rle, sav_like_meta, save_palette
-from sam2train.cli import main
+from sam2train.cli.commands import main
 from sam2train.config import load_config
 from sam2train.data.check import ERROR, INFO, WARNING, check_sources
 

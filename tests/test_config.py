@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sam2train.cli import main
-from sam2train.config import VALID_KEYS, Config, ConfigError, load_config, to_dict, to_yaml
+from sam2train.cli.commands import main
+from sam2train.config import VALID_KEYS, Config, load_config, to_dict, to_yaml
+from sam2train.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 

@@ -8,11 +8,11 @@ import copy
 
 import torch
 
+from sam2train.batch import PROMPT_BOX, PROMPT_MASK, PROMPT_POINT
 from sam2train.config import PromptsConfig
-from sam2train.data.batch import PROMPT_BOX, PROMPT_MASK, PROMPT_POINT
-from sam2train.lightning import video_jf
 from sam2train.model.corrections import Clicker, prompts_from_ground_truth, sample_click
 from sam2train.model.video import NO_OBJ_LOGIT, run_video
+from sam2train.train.module import video_jf
 
 
 def _square(size: int, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
@@ -129,7 +129,7 @@ def test_training_with_corrections_supervises_every_click(tiny_sam2, make_video_
 def _first_object(batch):
     from dataclasses import fields, replace
 
-    from sam2train.data.batch import Prompts
+    from sam2train.batch import Prompts
 
     prompts = Prompts(**{f.name: getattr(batch.prompts, f.name)[:, :1] for f in fields(Prompts)})
     return replace(

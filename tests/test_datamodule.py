@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from layouts import davis_to_coco, davis_to_per_object, davis_to_ytvos
-from sam2train.cli import main
+from sam2train.batch import PROMPT_NONE, VideoBatch
+from sam2train.cli.commands import main
 from sam2train.config import load_config
-from sam2train.data.batch import PROMPT_NONE, VideoBatch
 from sam2train.data.datamodule import SAM2LightningDataModule, open_split
-from sam2train.data.source_base import DataError
-from sam2train.data.synthetic import write_demo_dataset
+from sam2train.data.demo import write_demo_dataset
+from sam2train.errors import DataError
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,13 @@ import pytest
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 
-from sam2train.config import TRAINABLE_GROUPS, ConfigError, load_config
-from sam2train.data.batch import VideoSample, collate_videos
-from sam2train.data.synthetic import write_demo_dataset
-from sam2train.export import export_checkpoint
-from sam2train.lightning import SAM2LightningModule
-from sam2train.runner import FSDPGradientClipping, fsdp_units, make_trainer, resolve_strategy
+from sam2train.batch import VideoSample, collate_videos
+from sam2train.config import TRAINABLE_GROUPS, load_config
+from sam2train.data.demo import write_demo_dataset
+from sam2train.errors import ConfigError
+from sam2train.eval.export import export_checkpoint
+from sam2train.train.module import SAM2LightningModule
+from sam2train.train.trainer import FSDPGradientClipping, fsdp_units, make_trainer, resolve_strategy
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
@@ -174,7 +175,7 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_fsdp_under_torchrun_shards_and_its_checkpoint_exports(demo_data: Path, tmp_path: Path) -> None:
     torchrun = Path(sys.executable).parent / "torchrun"
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "sam2train.cli", "fit"]
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "sam2train.cli.commands", "fit"]
     cmd += [
         "--config",
         str(DEMO),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sam2train.cli import main
+from sam2train.cli.commands import main
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not (DATA / "davis2016").is_dir(), reason="../shared/data is absent")

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sam2train.config import Config, ConfigError, DataConfig, ModelConfig
+from sam2train.config import Config, DataConfig, ModelConfig
+from sam2train.errors import ConfigError
 from sam2train.model import apply_trainable, encode_frames, run_video
 from sam2train.model import video as video_module
 from sam2train.model.feature_cache import (

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sam2train.cli import main
-from sam2train.data.synthetic import write_demo_dataset
-from sam2train.lightning import SAM2LightningModule
+from sam2train.cli.commands import main
+from sam2train.data.demo import write_demo_dataset
+from sam2train.train.module import SAM2LightningModule
 
 BASE = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 

@@ -9,11 +9,12 @@ import pytest
 import torch
 from torch.optim.lr_scheduler import SequentialLR, StepLR
 
-from sam2train.cli import main
-from sam2train.config import ConfigError, load_config
-from sam2train.data.synthetic import write_demo_dataset
-from sam2train.lightning import SAM2LightningModule, as_video_batch
-from sam2train.runner import resolve_precision
+from sam2train.cli.commands import main
+from sam2train.config import load_config
+from sam2train.data.demo import write_demo_dataset
+from sam2train.errors import ConfigError
+from sam2train.train.module import SAM2LightningModule, as_video_batch
+from sam2train.train.trainer import resolve_precision
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 

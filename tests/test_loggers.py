@@ -13,9 +13,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from sam2train.config import ConfigError, load_config
-from sam2train.runner import make_loggers, make_trainer
-from sam2train.viz_callback import IMAGE_TAG
+from sam2train.config import load_config
+from sam2train.errors import ConfigError
+from sam2train.train.pictures import IMAGE_TAG
+from sam2train.train.trainer import make_loggers, make_trainer
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 

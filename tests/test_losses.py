@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sam2train.losses import SAM2TrainingLoss
+from sam2train.losses.training import SAM2TrainingLoss
 
 KEYS = {"bce", "dice", "iou", "temporal"}
 

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from training.loss_fns import MultiStepMultiMasksAndIous
 
-import sam2train.losses_sam2 as losses_sam2
+import sam2train.losses.official as losses_sam2
 from sam2train.config import Sam2LossConfig
-from sam2train.losses_sam2 import SAM2OfficialLoss, focal_per_mask
+from sam2train.losses.official import SAM2OfficialLoss, focal_per_mask
 
 M = 3
 KEYS = ("mask", "dice", "iou", "class")

@@ -11,17 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sam2train.data.source_base import DataError
-from sam2train.metrics import (
-    boundary_f,
-    disk_radius,
-    evaluate_folders,
-    frame_statistics,
-    jaccard,
-    seg2bmap,
-    sequence_scores,
-    summarize,
-)
+from sam2train.errors import DataError
+from sam2train.metrics import boundary_f, disk_radius, frame_statistics, jaccard, seg2bmap, sequence_scores, summarize
+from sam2train.eval.evaluate import evaluate_folders
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not (DATA / "davis2016").is_dir(), reason="shared data folder absent")

@@ -11,11 +11,11 @@ import torch
 from torch.utils.data import Dataset
 
 from layouts import davis_to_sav, davis_to_ytvos, make_davis
-from sam2train.cli import main
-from sam2train.config import ConfigError, load_config
+from sam2train.cli.commands import main
+from sam2train.config import load_config
 from sam2train.data.datamodule import SAM2LightningDataModule, open_data
 from sam2train.data.sampling import EpochSampler, MixedClips, apportion
-from sam2train.data.source_base import DataError
+from sam2train.errors import ConfigError, DataError
 
 
 class Items(Dataset):

@@ -9,11 +9,10 @@ import pytest
 import torch
 
 from sam2train import config as config_module
-from sam2train.config import ConfigError, ModelConfig
+from sam2train.config import ModelConfig
+from sam2train.errors import CheckpointError, CheckpointNotFoundError, ConfigError
 from sam2train.model import (
     TRAINABLE_GROUPS,
-    CheckpointError,
-    CheckpointNotFoundError,
     apply_trainable,
     build_model,
     format_parameter_report,

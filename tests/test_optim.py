@@ -17,9 +17,9 @@ from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR, StepLR
 
 from sam2train.config import OptimizerConfig, SchedulerConfig, load_config
-from sam2train.lightning import SAM2LightningModule
 from sam2train.model.build import apply_trainable
-from sam2train.optim import (
+from sam2train.train.module import SAM2LightningModule
+from sam2train.train.optim import (
     WARMUP_START_FACTOR,
     build_optimizer,
     build_scheduler,

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from sam2train.batch import PROMPT_BOX, PROMPT_MASK, PROMPT_POINT, Prompts, VideoSample, collate_videos
 from sam2train.config import AugmentConfig, PromptsConfig
-from sam2train.data.batch import PROMPT_BOX, PROMPT_MASK, PROMPT_POINT, Prompts, VideoSample, collate_videos
 from sam2train.data.prompts import make_prompts, noisy_box, sample_points, tight_box
 from sam2train.data.sampling import (
     EpochSampler,
@@ -20,8 +20,9 @@ from sam2train.data.sampling import (
     sample_generator,
     select_objects,
 )
-from sam2train.data.source_base import DataError, FrameMasks, FrameRef, VideoInfo
+from sam2train.data.sources.base import FrameMasks, FrameRef, VideoInfo
 from sam2train.data.transforms import ClipAugment, normalize, resize_frame, resize_masks
+from sam2train.errors import DataError
 
 
 def _video(name: str, n: int, annotated_every: int = 1) -> VideoInfo:

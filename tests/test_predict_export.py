@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sam2train.cli import main
+from sam2train.cli.commands import main
 from sam2train.config import load_config, to_dict
 from sam2train.viz import save_palette_png
 

@@ -14,8 +14,8 @@ import copy
 import pytest
 import torch
 
+from sam2train.batch import PROMPT_POINT, Prompts
 from sam2train.config import PromptsConfig
-from sam2train.data.batch import PROMPT_POINT, Prompts
 from sam2train.model import corrections
 from sam2train.model.video import run_video
 
@@ -168,7 +168,7 @@ def test_forward_and_steps_equal_sam2train(tiny_sam2, make_video_batch, forced_c
 def test_loss_equals_meta(tiny_sam2, make_video_batch, forced_clicks):
     from training.loss_fns import MultiStepMultiMasksAndIous
 
-    from sam2train.losses_sam2 import SAM2OfficialLoss
+    from sam2train.losses.official import SAM2OfficialLoss
 
     ours = no_dropout(copy.deepcopy(tiny_sam2)).train()
     meta = build_sam2train(ours)

@@ -17,9 +17,10 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from sam2train.cli import main
-from sam2train.config import TRAINABLE_GROUPS, VALID_KEYS, Config, ConfigError, load_config
-from sam2train.data.synthetic import write_demo_dataset
+from sam2train.cli.commands import main
+from sam2train.config import TRAINABLE_GROUPS, VALID_KEYS, Config, load_config
+from sam2train.data.demo import write_demo_dataset
+from sam2train.errors import ConfigError
 from sam2train.model import corrections
 from sam2train.model.feature_cache import check_cache_allowed
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sam2train.cli import main
+from sam2train.cli.commands import main
+from sam2train.data.demo import write_demo_dataset
 from sam2train.data.sampling import EpochSampler
-from sam2train.data.synthetic import write_demo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / "configs" / "default.yaml"

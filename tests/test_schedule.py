@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+from sam2train.batch import PROMPT_BOX, PROMPT_MASK, PROMPT_POINT, VideoSample, collate_videos
 from sam2train.config import load_config
-from sam2train.data.batch import PROMPT_BOX, PROMPT_MASK, PROMPT_POINT, VideoSample, collate_videos
 from sam2train.data.datamodule import open_split
 from sam2train.data.dataset import ClipDataset
 from sam2train.data.prompts import sample_points, tight_box

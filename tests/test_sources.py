@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from layouts import davis_to_coco, davis_to_per_object, davis_to_sav, make_davis, rle, save_palette
-from sam2train.data.source_base import DataError
-from sam2train.data.sources import DavisSource, open_source
-from sam2train.data.sources_json import CocoVideoSource, SavSource, rle_counts
+from sam2train.data.sources.davis import DavisSource, open_source
+from sam2train.data.sources.json_formats import CocoVideoSource, SavSource, rle_counts
+from sam2train.errors import DataError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from layouts import davis_to_ytvos, make_davis, save_palette
-from sam2train.data.source_base import DataError
-from sam2train.data.sources import DavisSource, open_source
-from sam2train.data.sources_ytvos import YouTubeVosSource
+from sam2train.data.sources.davis import DavisSource, open_source
+from sam2train.data.sources.youtube_vos import YouTubeVosSource
+from sam2train.errors import DataError
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam2train.data.synthetic import MARKER, write_demo_dataset
+from sam2train.data.demo import MARKER, write_demo_dataset
 from sam2train.viz import PALETTE
 
 SMALL = {"videos": 2, "frames": 6, "size": (48, 64), "objects": 2}

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sam2train.data.batch import PROMPT_BOX, PROMPT_MASK, PROMPT_POINT, Prompts, VideoBatch
+from sam2train.batch import PROMPT_BOX, PROMPT_MASK, PROMPT_POINT, Prompts, VideoBatch
 from sam2train.model import (
     NO_OBJ_LOGIT,
     VideoTracker,

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sam2train.cli import main
-from sam2train.data.synthetic import write_demo_dataset
-from sam2train.viz_callback import IMAGE_TAG, video_pictures
+from sam2train.cli.commands import main
+from sam2train.data.demo import write_demo_dataset
+from sam2train.train.pictures import IMAGE_TAG, video_pictures
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"

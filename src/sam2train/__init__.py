@@ -11,19 +11,19 @@ __all__ = ["Config", "SAM2LightningDataModule", "SAM2LightningModule", "SAM2Trai
 
 def __getattr__(name: str):
     if name in ("Config", "load_config"):
-        from . import config
+        from sam2train import config
 
         return getattr(config, name)
     if name == "SAM2LightningModule":
-        from .lightning import SAM2LightningModule
+        from sam2train.train.module import SAM2LightningModule
 
         return SAM2LightningModule
     if name == "SAM2LightningDataModule":
-        from .data.datamodule import SAM2LightningDataModule
+        from sam2train.data.datamodule import SAM2LightningDataModule
 
         return SAM2LightningDataModule
     if name == "SAM2TrainingLoss":
-        from .losses import SAM2TrainingLoss
+        from sam2train.losses.training import SAM2TrainingLoss
 
         return SAM2TrainingLoss
     raise AttributeError(f"module 'sam2train' has no attribute {name!r}")

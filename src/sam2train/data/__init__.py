@@ -1,4 +1,4 @@
-"""Video data: sources (one reader per format), clip sampling, transforms, prompts, batches, the datamodule.
+"""Video data: sources (one reader per format), clip sampling, transforms, prompts, the dataset, the datamodule.
 
 Names are imported on first use, so the CLI can build its parser (and `sam2train --help` answer) without torch.
 """
@@ -7,18 +7,11 @@ from __future__ import annotations
 
 from importlib import import_module
 
-_WHERE = {
-    "DataError": ".source_base",
-    "Prompts": ".batch",
-    "VideoBatch": ".batch",
-    "VideoSample": ".batch",
-    "collate_videos": ".batch",
-    "SAM2LightningDataModule": ".datamodule",
-}
+_WHERE = {"SAM2LightningDataModule": "sam2train.data.datamodule"}
 __all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str):
     if name in _WHERE:
-        return getattr(import_module(_WHERE[name], __name__), name)
+        return getattr(import_module(_WHERE[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..config import Config
-    from .source_base import SourceSpec
+    from sam2train.config import Config
+    from sam2train.data.sources.base import SourceSpec
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 SEVERITIES = (ERROR, WARNING, INFO)
@@ -104,7 +104,7 @@ def check_sources(cfg: Config, fast: bool, splits: Sequence[str] = ("train", "va
 
 def run_checks(cfg: Config, splits: Sequence[str], fast: bool) -> Report:
     """The Report of `check_sources`, with the counts of videos and frames scanned."""
-    from .source_base import configured_sources
+    from sam2train.data.sources.base import configured_sources
 
     report = Report()
     for split in splits:
@@ -152,8 +152,9 @@ def add_check_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_check_data(args: argparse.Namespace) -> int:
     """Print the report; 1 when it holds errors, else 0."""
-    from ..config import ConfigError, load_config
-    from .source_base import configured_sources
+    from sam2train.config import load_config
+    from sam2train.data.sources.base import configured_sources
+    from sam2train.errors import ConfigError
 
     cfg = load_config(args.config, args.overrides)
     splits = ("train", "val") if args.split == "both" else (args.split,)
@@ -172,8 +173,8 @@ def _check_source(
 ) -> None:
     """Scan one configured source. Problems of the whole source name its config key (`data.train[1] (ytvos)`
     for an entry of `data.train`); `several`: the scanned line names the source too."""
-    from .source_base import DataError
-    from .sources import _detect
+    from sam2train.data.sources.davis import _detect
+    from sam2train.errors import DataError
 
     data = cfg.data
     path = Path(spec.path)
@@ -279,9 +280,9 @@ def _reader_agrees(cfg: Config, spec: SourceSpec, train: bool, report: Report) -
     """Open the data the way `fit` does; a DataError the scan missed is still an error."""
     import warnings
 
-    from .sampling import build_index
-    from .source_base import DataError
-    from .sources import open_source
+    from sam2train.data.sampling import build_index
+    from sam2train.data.sources.davis import open_source
+    from sam2train.errors import DataError
 
     data = cfg.data
     try:
@@ -364,7 +365,7 @@ def _check_size(
     got: tuple[int, int], frame: tuple[int, int], path: Path, video: str, what: str, report: Report
 ) -> None:
     """A mask within SIZE_TOLERANCE px of its frame is resized by the reader (warning); more is an error."""
-    from .sources import SIZE_TOLERANCE
+    from sam2train.data.sources.davis import SIZE_TOLERANCE
 
     if tuple(got) == tuple(frame):
         return
@@ -405,8 +406,8 @@ def _gaps(numbers: list[int]) -> list[tuple[int, int]]:
 
 def _decode_rles(jobs: list[tuple[Any, tuple[int, int], str, str, Path]], report: Report) -> None:
     """Decode every (segmentation, frame size, where, video, JSON); one that does not decode is an error."""
-    from .source_base import DataError
-    from .sources_json import decode_segmentation
+    from sam2train.data.sources.json_formats import decode_segmentation
+    from sam2train.errors import DataError
 
     def decode(job: tuple[Any, tuple[int, int], str, str, Path]) -> str | None:
         try:
@@ -435,8 +436,8 @@ class _DavisListing:
 def _scan_davis(
     path: Path, images_root: Any, wanted: list[str] | None, parsed: Any, full: bool, report: Report
 ) -> list[_Video]:
-    from .source_base import DataError
-    from .sources import _subdirs, select_videos
+    from sam2train.data.sources.davis import _subdirs, select_videos
+    from sam2train.errors import DataError
 
     roots = _davis_roots(path, report)
     if roots is None:
@@ -453,8 +454,8 @@ def _scan_davis(
 
 def _davis_roots(path: Path, report: Report, layout: str | None = None) -> tuple[Path, Path] | None:
     """(frames root, masks root) below JPEGImages/ and Annotations/ (at the reader's resolution level)."""
-    from .source_base import DataError
-    from .sources import DavisSource, _is_resolution_level, _pick_resolution
+    from sam2train.data.sources.davis import DavisSource, _is_resolution_level, _pick_resolution
+    from sam2train.errors import DataError
 
     images, annotations = path / "JPEGImages", path / "Annotations"
     for folder in (images, annotations):
@@ -489,8 +490,8 @@ def _davis_videos(
 
 def _list_davis(img_dir: Path, mask_dir: Path, name: str, report: Report) -> _DavisListing:
     """A video's frames and masks, or why the reader skips it (checks in the reader's order)."""
-    from .source_base import DataError
-    from .sources import IMAGE_EXTS, _list_masks, sort_stems
+    from sam2train.data.sources.davis import IMAGE_EXTS, _list_masks, sort_stems
+    from sam2train.errors import DataError
 
     item = _DavisListing(name, img_dir, [], {})
     if not img_dir.is_dir():
@@ -535,7 +536,7 @@ def _probe_mask(path: Path) -> tuple[tuple[int, int], str, set[int]] | str:
     import numpy as np
     from PIL import Image
 
-    from .sources import MASK_MODES
+    from sam2train.data.sources.davis import MASK_MODES
 
     try:
         with Image.open(path) as im:
@@ -584,7 +585,7 @@ def _label_ids(
 ) -> dict[str, set[int]]:
     """Ids per frame stem of label PNGs (value = id, 255 void; a video whose masks hold only 0 and 255 is
     binary: 255 is object 1), reporting void-only masks and values that are no ids."""
-    from .sources import VOID_ID
+    from sam2train.data.sources.davis import VOID_ID
 
     every = set().union(*(v for es in values.values() for _, _, v in es))
     video.binary = every <= {0, VOID_ID} and VOID_ID in every
@@ -619,9 +620,9 @@ def _scan_ytvos(
     """The DAVIS scan of the videos `meta.json` lists, then the reader's checks against `meta.json`
     (`meta_problems`: a listed frame without its files, objects in no PNG or not listed are errors; per-frame
     disagreements are warnings). Folders `meta.json` does not list are skipped (warnings)."""
-    from .source_base import DataError
-    from .sources import _subdirs, select_videos
-    from .sources_ytvos import META_FILE, YouTubeVosSource, meta_problems, read_meta
+    from sam2train.data.sources.davis import _subdirs, select_videos
+    from sam2train.data.sources.youtube_vos import META_FILE, YouTubeVosSource, meta_problems, read_meta
+    from sam2train.errors import DataError
 
     roots = _davis_roots(path, report, YouTubeVosSource.layout)
     if roots is None:
@@ -681,9 +682,9 @@ def _label(key: str, i: int, entry: Any) -> str:
 def _scan_coco(
     path: Path, images_root: Any, wanted: list[str] | None, parsed: Any, full: bool, report: Report
 ) -> list[_Video]:
-    from .source_base import DataError
-    from .sources import select_videos
-    from .sources_json import read_json, require
+    from sam2train.data.sources.davis import select_videos
+    from sam2train.data.sources.json_formats import read_json, require
+    from sam2train.errors import DataError
 
     try:
         data = read_json(path) if parsed is None else parsed
@@ -730,8 +731,8 @@ def _scan_coco(
 
 
 def _coco_video_names(data: dict, report: Report, path: Path) -> dict[Any, str]:
-    from .source_base import DataError
-    from .sources_json import require
+    from sam2train.data.sources.json_formats import require
+    from sam2train.errors import DataError
 
     names: dict[Any, str] = {}
     for i, v in enumerate(data.get("videos") or []):
@@ -752,8 +753,8 @@ def _coco_images(
     images: list, names: dict[Any, str], root: Path, report: Report, path: Path
 ) -> tuple[dict[str, list[tuple[int, Any, Path]]], dict[Any, str | None]]:
     """video name -> [(order_in_video, image id, file)], and image id -> video name (None: a bad entry)."""
-    from .source_base import DataError
-    from .sources_json import _is_int, require
+    from sam2train.data.sources.json_formats import _is_int, require
+    from sam2train.errors import DataError
 
     frames: dict[str, list[tuple[int, Any, Path]]] = {}
     video_of: dict[Any, str | None] = {}
@@ -782,8 +783,8 @@ def _coco_annotations(
     anns: list, video_of: dict[Any, str | None], report: Report, path: Path
 ) -> dict[Any, list[tuple[int, Any, str, tuple[int, int] | None]]]:
     """image id -> [(object id, segmentation, where, RLE size or None)], every entry schema-checked."""
-    from .source_base import DataError
-    from .sources_json import _is_int, check_segmentation, require
+    from sam2train.data.sources.json_formats import _is_int, check_segmentation, require
+    from sam2train.errors import DataError
 
     track_key = next(
         (k for k in ("track_id", "instance_id") if any(k in a for a in anns if isinstance(a, dict))), None
@@ -831,9 +832,9 @@ def _scan_sav(
 ) -> list[_Video]:
     import warnings
 
-    from .source_base import DataError
-    from .sources import select_videos
-    from .sources_json import _sav_name, sav_files
+    from sam2train.data.sources.davis import select_videos
+    from sam2train.data.sources.json_formats import _sav_name, sav_files
+    from sam2train.errors import DataError
 
     try:
         if path.is_dir():
@@ -873,8 +874,8 @@ def _scan_sav(
 
 def _list_sav(name: str, json_path: Path, root: Path, parsed: Any, report: Report) -> _SavListing:
     """The video's JSON checked entry by entry (`parse_sav`), and its frames (unless the reader skips it)."""
-    from .source_base import DataError
-    from .sources_json import parse_sav, read_json, sav_masklet
+    from sam2train.data.sources.json_formats import parse_sav, read_json, sav_masklet
+    from sam2train.errors import DataError
 
     item = _SavListing(_Video(name, json_path, 0, []), json_path)
     try:

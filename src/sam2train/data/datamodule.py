@@ -21,12 +21,13 @@ import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import Config
-from .batch import VideoSample, collate_videos
-from .dataset import ClipDataset
-from .sampling import EpochSampler, MixedClips, build_index
-from .source_base import DataError, SourceSpec, VideoSource, configured_sources
-from .sources import open_source
+from sam2train.batch import VideoSample, collate_videos
+from sam2train.config import Config
+from sam2train.data.dataset import ClipDataset
+from sam2train.data.sampling import EpochSampler, MixedClips, build_index
+from sam2train.data.sources.base import SourceSpec, VideoSource, configured_sources
+from sam2train.data.sources.davis import open_source
+from sam2train.errors import DataError
 
 log = logging.getLogger("sam2train")
 

@@ -6,12 +6,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..config import Config
-from .batch import VideoSample
-from .prompts import make_prompts
-from .sampling import ClipRef, clip_positions, sample_generator, select_objects
-from .source_base import DataError, FrameMasks, VideoInfo, VideoSource
-from .transforms import ClipAugment, resize_frame, resize_masks, resize_nearest
+from sam2train.batch import VideoSample
+from sam2train.config import Config
+from sam2train.data.prompts import make_prompts
+from sam2train.data.sampling import ClipRef, clip_positions, sample_generator, select_objects
+from sam2train.data.sources.base import FrameMasks, VideoInfo, VideoSource
+from sam2train.data.transforms import ClipAugment, resize_frame, resize_masks, resize_nearest
+from sam2train.errors import DataError
 
 _AUGMENT_TRIES = 3
 _VAL_SEED_OFFSET = 7919  # validation prompts use their own stream, fixed across epochs

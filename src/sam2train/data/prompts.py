@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from scipy.ndimage import distance_transform_edt
 
-from ..config import PromptsConfig
-from .batch import PROMPT_BOX, PROMPT_MASK, PROMPT_POINT, Prompts
+from sam2train.batch import PROMPT_BOX, PROMPT_MASK, PROMPT_POINT, Prompts
+from sam2train.config import PromptsConfig
 
 _KINDS = {"mask": PROMPT_MASK, "box": PROMPT_BOX, "point": PROMPT_POINT}
 

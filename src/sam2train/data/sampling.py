@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .source_base import DataError, FrameMasks, VideoInfo
+from sam2train.data.sources.base import FrameMasks, VideoInfo
+from sam2train.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode
 
-from ..config import AugmentConfig
+from sam2train.config import AugmentConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

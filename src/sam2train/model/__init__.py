@@ -3,11 +3,10 @@
 Nothing here imports `sam2` at import time (it initialises global Hydra state); `build_model` does when called.
 """
 
+from sam2train.errors import CheckpointError, CheckpointNotFoundError
 from sam2train.model.build import (
     OFFICIAL_CONFIGS,
     TRAINABLE_GROUPS,
-    CheckpointError,
-    CheckpointNotFoundError,
     apply_trainable,
     build_model,
     format_parameter_report,

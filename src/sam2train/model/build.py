@@ -20,7 +20,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sam2train import config as _config
-from sam2train.config import ConfigError, ModelConfig, UserError
+from sam2train.config import ModelConfig
+from sam2train.errors import CheckpointError, CheckpointNotFoundError, ConfigError
 
 if TYPE_CHECKING:
     from sam2.modeling.sam2_base import SAM2Base
@@ -59,14 +60,6 @@ TRAINABLE_GROUPS: dict[str, tuple[str, ...]] = {
 }
 """Group name -> parameter-name prefixes (a prefix matches the name itself or `prefix.<anything>`).
 A parameter matching no prefix belongs to `free_parameters` (SAM 2's loose tensors outside the modules)."""
-
-
-class CheckpointError(UserError):
-    """A checkpoint that cannot be loaded into the configured model; the message names the file."""
-
-
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """The checkpoint file does not exist."""
 
 
 # --------------------------------------------------------------------------------------------- building

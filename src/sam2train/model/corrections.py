@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sam2train.data.batch import PROMPT_BOX, PROMPT_MASK, PROMPT_POINT, Prompts
+from sam2train.batch import PROMPT_BOX, PROMPT_MASK, PROMPT_POINT, Prompts
 from sam2train.data.prompts import noisy_box, pad_points
 
 

@@ -34,13 +34,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from sam2train.config import Config, ConfigError, ModelConfig
+from sam2train.config import Config, ModelConfig
+from sam2train.errors import ConfigError
 from sam2train.model.tracker import FrameFeatures
 
 if TYPE_CHECKING:
     from sam2.modeling.sam2_base import SAM2Base
 
-    from sam2train.data.batch import VideoBatch
+    from sam2train.batch import VideoBatch
 
 CACHE_VERSION = 1
 """Bump when what a frame's cached features mean changes (storage layout, frame preprocessing)."""

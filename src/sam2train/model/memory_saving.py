@@ -16,14 +16,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from sam2train.config import UserError
+from sam2train.errors import CompilerNotFoundError
 
 if TYPE_CHECKING:
     from sam2.modeling.sam2_base import SAM2Base
-
-
-class CompilerNotFoundError(UserError):
-    """torch.compile's backend needs a C/C++ compiler that this machine lacks."""
 
 
 # --------------------------------------------------------------------------------------------- checkpointing

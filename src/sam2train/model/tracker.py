@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from sam2train.data.batch import PROMPT_BOX, PROMPT_MASK, PROMPT_POINT, Prompts
+from sam2train.batch import PROMPT_BOX, PROMPT_MASK, PROMPT_POINT, Prompts
 from sam2train.model.corrections import Clicker
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from sam2train.data.batch import PROMPT_BOX, PROMPT_NONE, PROMPT_POINT, Prompts, VideoBatch
+from sam2train.batch import PROMPT_BOX, PROMPT_NONE, PROMPT_POINT, Prompts, VideoBatch
 from sam2train.data.transforms import normalize
 from sam2train.model.corrections import Clicker, prompts_from_ground_truth
 from sam2train.model.feature_cache import frame_keys

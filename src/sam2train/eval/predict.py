@@ -20,26 +20,22 @@ from itertools import chain, islice
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import UserError
+from sam2train.errors import MissingDependencyError, UserError
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
     from sam2.modeling.sam2_base import SAM2Base
 
-    from .data.batch import Prompts
+    from sam2train.batch import Prompts
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 """Frame files read from a folder (any case), sorted by name with numbers compared as numbers."""
 PROMPT_FLAGS = ("--prompt-mask", "--points", "--box")
 
 
-class MissingDependencyError(UserError, ImportError):
-    """An optional dependency (PyAV for video files) is not installed."""
-
-
 def _data_error(message: str) -> Exception:
-    from .data.source_base import DataError
+    from sam2train.errors import DataError
 
     return DataError(message)
 
@@ -225,8 +221,8 @@ def model_prompts(
     them: masks bilinear + antialias >= 0.5; coordinates / (W, H) * S)."""
     import torch
 
-    from .data.batch import PROMPT_BOX, PROMPT_MASK, PROMPT_POINT, Prompts
-    from .data.transforms import resize_masks
+    from sam2train.batch import PROMPT_BOX, PROMPT_MASK, PROMPT_POINT, Prompts
+    from sam2train.data.transforms import resize_masks
 
     scale = torch.tensor([size[1], size[0]], dtype=torch.float32)
     coords, labels, boxes = torch.zeros(1, 1, 2), torch.full((1, 1), -1), torch.zeros(1, 4)
@@ -263,8 +259,8 @@ def track_frames(
     """
     import torch
 
-    from .data.transforms import normalize, resize_frame
-    from .model.video import VideoTracker, encode_frames
+    from sam2train.data.transforms import normalize, resize_frame
+    from sam2train.model.video import VideoTracker, encode_frames
 
     device = next(model.parameters()).device
     cap = max(model.max_obj_ptrs_in_encoder, 2)
@@ -317,7 +313,7 @@ def predict_video(
     import torch
     from tqdm import tqdm
 
-    from . import viz
+    from sam2train import viz
 
     seq_dir = out_dir / source.name
     shown: list[np.ndarray] = []  # overlay frames: save_gif / save_mp4 take the whole sequence
@@ -380,7 +376,8 @@ def _check_args(args: argparse.Namespace) -> None:
         _import_av()
     if args.image_size is not None and (args.image_size < 64 or args.image_size % 32):
         raise UserError(f"--image-size {args.image_size}: must be a multiple of 32 and at least 64")
-    from .model.build import OFFICIAL_CONFIGS, CheckpointNotFoundError, resolve_model_config
+    from sam2train.errors import CheckpointNotFoundError
+    from sam2train.model.build import OFFICIAL_CONFIGS, resolve_model_config
 
     if not Path(args.checkpoint).expanduser().is_file():
         raise CheckpointNotFoundError(f"--checkpoint: checkpoint file not found: {args.checkpoint}")
@@ -407,7 +404,7 @@ def _device(name: str) -> str:
 def cmd_predict(args: argparse.Namespace) -> int:
     import time
 
-    from .export import load_for_inference
+    from sam2train.eval.export import load_for_inference
 
     _check_args(args)
     source = open_frames(args.frames)

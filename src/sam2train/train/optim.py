@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, LRScheduler, SequentialLR, StepLR
 
-from .config import OptimizerConfig, SchedulerConfig, UserError
+from sam2train.config import OptimizerConfig, SchedulerConfig
+from sam2train.errors import UserError
 
 log = logging.getLogger("sam2train")
 

@@ -17,11 +17,12 @@ import lightning as L
 import numpy as np
 import torch
 
-from .config import Config, UserError, config_from_dict, to_dict
-from .data.batch import PROMPT_MASK, Prompts, VideoBatch
-from .losses import SAM2TrainingLoss
-from .losses_sam2 import SAM2OfficialLoss
-from .optim import build_optimizer, build_scheduler, needs_steps_per_epoch
+from sam2train.batch import Prompts, VideoBatch, as_video_batch
+from sam2train.config import Config, config_from_dict, to_dict
+from sam2train.errors import NonFiniteLossError
+from sam2train.losses.official import SAM2OfficialLoss
+from sam2train.losses.training import SAM2TrainingLoss
+from sam2train.train.optim import build_optimizer, build_scheduler, needs_steps_per_epoch
 
 log = logging.getLogger("sam2train")
 
@@ -29,10 +30,6 @@ CONFIG_KEY = "sam2train_config"
 """Where a Lightning checkpoint carries its resolved config (also in hyper_parameters['config'])."""
 RESUME_KEY = "sam2train_resume"
 """Where a checkpoint carries what a resumed run needs beyond Lightning's state: RNG states, the step guard."""
-
-
-class NonFiniteLossError(UserError):
-    """`trainer.max_bad_steps` consecutive optimizer steps had a NaN/Inf loss or gradient."""
 
 
 class SAM2LightningModule(L.LightningModule):
@@ -67,7 +64,12 @@ class SAM2LightningModule(L.LightningModule):
     def build(self, load_weights: bool = True) -> None:
         """Build SAM 2 from the config (and its checkpoint when `load_weights`), freeze what is not trainable,
         and report the parameter counts."""
-        from .model.build import apply_trainable, build_model, format_parameter_report, parameter_report
+        from sam2train.model.build import (
+            apply_trainable,
+            build_model,
+            format_parameter_report,
+            parameter_report,
+        )
 
         model_cfg = self.config.model
         if load_weights:
@@ -78,7 +80,7 @@ class SAM2LightningModule(L.LightningModule):
                 self.model = build_model(replace(model_cfg, checkpoint=None), device="cpu")
         apply_trainable(self.model, self.config.model.trainable_modules)
         if model_cfg.activation_checkpointing:
-            from .model.memory_saving import enable_activation_checkpointing
+            from sam2train.model.memory_saving import enable_activation_checkpointing
 
             enable_activation_checkpointing(self.model)
         self.param_report = parameter_report(self.model)
@@ -87,13 +89,13 @@ class SAM2LightningModule(L.LightningModule):
         )
 
     def setup(self, stage: str) -> None:
-        from .model.feature_cache import check_cache_allowed
+        from sam2train.model.feature_cache import check_cache_allowed
 
         check_cache_allowed(self.config)  # before building: a refused cache must not cost a model load
         if self.model is None:
             self.build()
         if self.config.model.compile_image_encoder and self.trainer is not None:
-            from .model.memory_saving import compile_image_encoder, image_encoder_compiled
+            from sam2train.model.memory_saving import compile_image_encoder, image_encoder_compiled
 
             if not image_encoder_compiled(self.model):
                 compile_image_encoder(self.model, device=self.trainer.strategy.root_device)
@@ -131,7 +133,7 @@ class SAM2LightningModule(L.LightningModule):
         masks [B,T,N,H,W], prompts)` where prompts default to the first-frame masks. Returns a VideoOutput
         (mask logits [B,T,N,H,W] at the input resolution, IoU predictions, object-score logits).
         """
-        from .model.video import run_video
+        from sam2train.model.video import run_video
 
         batch = as_video_batch(images, masks, prompts)
         assert self.model is not None, "call setup() or build() first"
@@ -227,7 +229,7 @@ class SAM2LightningModule(L.LightningModule):
     def validation_step(self, batch: VideoBatch, batch_idx: int) -> torch.Tensor:
         """Each validation video (or window) is tracked from its prompted first frame, streaming a few frames
         through the encoder at a time; the loss terms and per-object J and F are accumulated for the epoch."""
-        from .model.video import run_video
+        from sam2train.model.video import run_video
 
         assert self.model is not None
         out = run_video(
@@ -289,13 +291,13 @@ class SAM2LightningModule(L.LightningModule):
     def on_fit_start(self) -> None:
         self._fit_start = time.time()
         if self.config.model.cache_features:
-            from .model.feature_cache import open_cached_encoder
+            from sam2train.model.feature_cache import open_cached_encoder
 
             # keyed by the encoder's weights: opened once they are final (after a resume's checkpoint load)
             self._cached_encoder = open_cached_encoder(self.model, self.config)
 
     def on_train_end(self) -> None:
-        from .callbacks import write_final_metrics
+        from sam2train.train.callbacks import write_final_metrics
 
         if self.trainer.is_global_zero:
             write_final_metrics(self.trainer, self, wall_time=time.time() - self._fit_start)
@@ -349,7 +351,7 @@ def video_jf(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> tuple
     not scored, nor the clip's last frame when another frame is left; an object prompted on the last frame has no
     frame to score and is not counted.
     """
-    from .metrics import sequence_scores
+    from sam2train.metrics import sequence_scores
 
     j_sum = f_sum = 0.0
     count = 0
@@ -390,62 +392,3 @@ def _set_rng_states(states: dict[str, Any]) -> None:
     random.setstate(states["python"])
     if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def as_video_batch(
-    images: Any, masks: torch.Tensor | None = None, prompts: Prompts | None = None
-) -> VideoBatch:
-    """A VideoBatch from a VideoBatch, Meta's BatchedVideoDatapoint, or (images, masks, prompts) tensors."""
-    if isinstance(images, VideoBatch):
-        return images
-    if hasattr(images, "obj_to_frame_idx") and hasattr(images, "img_batch"):
-        return from_meta_batch(images)
-    if masks is None:
-        raise ValueError(
-            "forward(images, masks, prompts): masks [B,T,N,H,W] are required with a tensor input"
-        )
-    b, t, n = masks.shape[:3]
-    h, w = masks.shape[-2:]
-    if prompts is None:
-        first = masks[:, 0].float()
-        prompts = Prompts(
-            kind=torch.full((b, n), PROMPT_MASK, dtype=torch.long, device=masks.device),
-            point_coords=masks.new_zeros(b, n, 0, 2),
-            point_labels=torch.zeros(b, n, 0, dtype=torch.long, device=masks.device),
-            boxes=masks.new_zeros(b, n, 4),
-            masks=first,
-        )
-    dev = masks.device
-    return VideoBatch(
-        images=images,
-        masks=masks.float(),
-        valid=torch.ones(b, t, n, dtype=torch.bool, device=dev),
-        ignore=torch.zeros(b, t, h, w, dtype=torch.bool, device=dev),
-        prompts=prompts,
-        video_names=[f"video_{i}" for i in range(b)],
-        frame_indices=torch.arange(t, device=dev).expand(b, t),
-        object_ids=torch.arange(1, n + 1, device=dev).expand(b, n),
-        orig_sizes=torch.tensor([[h, w]] * b, device=dev),
-        num_video_frames=torch.full((b,), t, dtype=torch.long, device=dev),
-    )
-
-
-def from_meta_batch(batch: Any) -> VideoBatch:
-    """Convert Meta's `BatchedVideoDatapoint` (img_batch [T,B,3,H,W], masks [T,O,H,W], obj_to_frame_idx [T,O,2]
-    holding (frame, video) per object) into a VideoBatch prompted with first-frame masks."""
-    images = batch.img_batch.transpose(0, 1)  # [B,T,3,H,W]
-    b, t = images.shape[:2]
-    video_of_obj = batch.obj_to_frame_idx[0, :, 1].long()
-    n = int(torch.bincount(video_of_obj, minlength=b).max())
-    h, w = batch.masks.shape[-2:]
-    masks = batch.masks.new_zeros(b, t, n, h, w, dtype=torch.float)
-    valid = torch.zeros(b, t, n, dtype=torch.bool, device=images.device)
-    slot = torch.zeros(b, dtype=torch.long)
-    for o, v in enumerate(video_of_obj.tolist()):
-        masks[v, :, slot[v]] = batch.masks[:, o].float()
-        valid[v, :, slot[v]] = True
-        slot[v] += 1
-    out = as_video_batch(images, masks)
-    out.valid = valid
-    out.prompts.kind[~valid[:, 0]] = -1
-    return out

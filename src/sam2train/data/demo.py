@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sam2train.config import UserError
+from sam2train.errors import UserError
 from sam2train.viz import save_palette_png
 
 MARKER = "demo_dataset.json"
-GENERATOR = "sam2train.data.synthetic"
+GENERATOR = "sam2train.data.demo"
 JPEG_QUALITY = 90
 _SHAPES = ("ellipse", "rounded", "blob")
 _TEXTURES = ("stripes", "checker", "waves", "gradient")

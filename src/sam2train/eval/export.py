@@ -25,13 +25,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import UserError
+from sam2train.errors import UserError
 
 if TYPE_CHECKING:
     import torch
     from sam2.modeling.sam2_base import SAM2Base
 
-    from .config import Config, ModelConfig
+    from sam2train.config import Config, ModelConfig
 
 log = logging.getLogger("sam2train")
 
@@ -51,8 +51,8 @@ def read_checkpoint(path: str | Path, flag: str) -> CheckpointContents:
     (`{"model": sd}`) or a bare state dict. Errors name `flag` and the file."""
     import torch
 
-    from .config import config_from_dict
-    from .model.build import CheckpointError, CheckpointNotFoundError
+    from sam2train.config import config_from_dict
+    from sam2train.errors import CheckpointError, CheckpointNotFoundError
 
     path = Path(path).expanduser()
     if not path.is_file():
@@ -87,8 +87,8 @@ def read_checkpoint(path: str | Path, flag: str) -> CheckpointContents:
 
 
 def _stored_config(obj: dict[str, Any], path: Path, flag: str, from_dict: Any) -> Config | None:
-    from .config import ConfigError
-    from .lightning import CONFIG_KEY
+    from sam2train.errors import ConfigError
+    from sam2train.train.module import CONFIG_KEY
 
     tree = obj.get(CONFIG_KEY)
     if tree is None:
@@ -117,7 +117,8 @@ def _quiet_random_init() -> Iterator[None]:
 def build_with_weights(model_cfg: ModelConfig, contents: CheckpointContents, flag: str) -> SAM2Base:
     """Instantiate SAM 2 as `model_cfg` says (CPU, train mode) and load `contents` with strict keys and shapes;
     a mismatch raises CheckpointError naming the file, the keys and the official config the weights match."""
-    from .model.build import CheckpointError, build_model, infer_official_config
+    from sam2train.errors import CheckpointError
+    from sam2train.model.build import build_model, infer_official_config
 
     with _quiet_random_init():
         model = build_model(replace(model_cfg, checkpoint=None))
@@ -144,8 +145,8 @@ def load_for_inference(
     A sam2train Lightning checkpoint brings its model config and image size (the flags override them); an
     official / exported `.pt` needs `--model-config` (default: the `.yaml` that `export` wrote beside it).
     """
-    from .config import ModelConfig
-    from .model.build import infer_official_config, set_eval_postprocessing
+    from sam2train.config import ModelConfig
+    from sam2train.model.build import infer_official_config, set_eval_postprocessing
 
     contents = read_checkpoint(checkpoint, "--checkpoint")
     if contents.config is not None:
@@ -174,7 +175,7 @@ def official_config_file(name: str) -> str | None:
     YAML inside the sam2 package; None for a user's own YAML."""
     import importlib.resources
 
-    from .model.build import OFFICIAL_CONFIGS, resolve_model_config
+    from sam2train.model.build import OFFICIAL_CONFIGS, resolve_model_config
 
     if name in OFFICIAL_CONFIGS:
         return OFFICIAL_CONFIGS[name]
@@ -187,7 +188,7 @@ def config_image_size(name: str) -> int:
     """`model.image_size` as written in a model YAML (1024 in the official ones)."""
     from omegaconf import OmegaConf
 
-    from .model.build import resolve_model_config
+    from sam2train.model.build import resolve_model_config
 
     return int(OmegaConf.load(resolve_model_config(name)).model.image_size)
 
@@ -196,7 +197,7 @@ def write_model_yaml(name: str, image_size: int, out: Path, source: Path) -> Pat
     """Write the model config `name` with `image_size` set to `out` (a full SAM 2 model YAML)."""
     from omegaconf import OmegaConf
 
-    from .model.build import resolve_model_config
+    from sam2train.model.build import resolve_model_config
 
     tree = OmegaConf.load(resolve_model_config(name))
     tree.model.image_size = image_size
@@ -230,7 +231,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path) -> tuple[Path, Path, st
     """
     import torch
 
-    from .model.build import CheckpointError
+    from sam2train.errors import CheckpointError
 
     out = Path(out).expanduser()
     if out.suffix != ".pt":

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .source_base import DataError
-from .sources import DavisSource, _subdirs, finish, select_videos
-from .sources_json import read_json, require
+from sam2train.data.sources.davis import DavisSource, _subdirs, finish, select_videos
+from sam2train.data.sources.json_formats import read_json, require
+from sam2train.errors import DataError
 
 META_FILE = "meta.json"
 _SHOWN = 5

@@ -6,6 +6,7 @@ Shapes use B batch, T frames, N objects (padded to the batch's largest), P promp
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 
@@ -183,3 +184,62 @@ def _stack_padded(rows: list[torch.Tensor | None]) -> torch.Tensor:
     """[B, max length] long, -1 padded (a None row is empty)."""
     rows = [torch.zeros(0, dtype=torch.long) if r is None else r.long() for r in rows]
     return torch.stack([_pad(r, 0, max(len(x) for x in rows), -1) for r in rows])
+
+
+def as_video_batch(
+    images: Any, masks: torch.Tensor | None = None, prompts: Prompts | None = None
+) -> VideoBatch:
+    """A VideoBatch from a VideoBatch, Meta's BatchedVideoDatapoint, or (images, masks, prompts) tensors."""
+    if isinstance(images, VideoBatch):
+        return images
+    if hasattr(images, "obj_to_frame_idx") and hasattr(images, "img_batch"):
+        return from_meta_batch(images)
+    if masks is None:
+        raise ValueError(
+            "forward(images, masks, prompts): masks [B,T,N,H,W] are required with a tensor input"
+        )
+    b, t, n = masks.shape[:3]
+    h, w = masks.shape[-2:]
+    if prompts is None:
+        first = masks[:, 0].float()
+        prompts = Prompts(
+            kind=torch.full((b, n), PROMPT_MASK, dtype=torch.long, device=masks.device),
+            point_coords=masks.new_zeros(b, n, 0, 2),
+            point_labels=torch.zeros(b, n, 0, dtype=torch.long, device=masks.device),
+            boxes=masks.new_zeros(b, n, 4),
+            masks=first,
+        )
+    dev = masks.device
+    return VideoBatch(
+        images=images,
+        masks=masks.float(),
+        valid=torch.ones(b, t, n, dtype=torch.bool, device=dev),
+        ignore=torch.zeros(b, t, h, w, dtype=torch.bool, device=dev),
+        prompts=prompts,
+        video_names=[f"video_{i}" for i in range(b)],
+        frame_indices=torch.arange(t, device=dev).expand(b, t),
+        object_ids=torch.arange(1, n + 1, device=dev).expand(b, n),
+        orig_sizes=torch.tensor([[h, w]] * b, device=dev),
+        num_video_frames=torch.full((b,), t, dtype=torch.long, device=dev),
+    )
+
+
+def from_meta_batch(batch: Any) -> VideoBatch:
+    """Convert Meta's `BatchedVideoDatapoint` (img_batch [T,B,3,H,W], masks [T,O,H,W], obj_to_frame_idx [T,O,2]
+    holding (frame, video) per object) into a VideoBatch prompted with first-frame masks."""
+    images = batch.img_batch.transpose(0, 1)  # [B,T,3,H,W]
+    b, t = images.shape[:2]
+    video_of_obj = batch.obj_to_frame_idx[0, :, 1].long()
+    n = int(torch.bincount(video_of_obj, minlength=b).max())
+    h, w = batch.masks.shape[-2:]
+    masks = batch.masks.new_zeros(b, t, n, h, w, dtype=torch.float)
+    valid = torch.zeros(b, t, n, dtype=torch.bool, device=images.device)
+    slot = torch.zeros(b, dtype=torch.long)
+    for o, v in enumerate(video_of_obj.tolist()):
+        masks[v, :, slot[v]] = batch.masks[:, o].float()
+        valid[v, :, slot[v]] = True
+        slot[v] += 1
+    out = as_video_batch(images, masks)
+    out.valid = valid
+    out.prompts.kind[~valid[:, 0]] = -1
+    return out

@@ -11,7 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import ConfigError, UserError, load_config, to_yaml
+from sam2train.config import load_config, to_yaml
+from sam2train.errors import ConfigError, UserError
 
 EXIT_USER_ERROR = 2
 
@@ -44,9 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--objects", type=int, default=3)
     demo.add_argument("--seed", type=int, default=0)
 
-    from .data.check import add_check_parser
-    from .export import add_export_parser
-    from .predict import add_predict_parser
+    from sam2train.data.check import add_check_parser
+    from sam2train.eval.export import add_export_parser
+    from sam2train.eval.predict import add_predict_parser
 
     add_predict_parser(sub)
     add_export_parser(sub)
@@ -83,10 +84,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     import lightning as L
 
-    from .callbacks import SaveOnInterrupt, stop_signals
-    from .data.datamodule import SAM2LightningDataModule
-    from .lightning import SAM2LightningModule
-    from .runner import make_trainer
+    from sam2train.data.datamodule import SAM2LightningDataModule
+    from sam2train.train.callbacks import SaveOnInterrupt, stop_signals
+    from sam2train.train.module import SAM2LightningModule
+    from sam2train.train.trainer import make_trainer
 
     with stop_signals() as stop:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -125,8 +126,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def _check_data_fast(cfg) -> None:
     """The fast part of `check-data` (headers, masks, schema, lengths; no full decode) before a fit: every error
     found stops the run listing each file; warnings are printed."""
-    from .data.check import check_sources
-    from .data.source_base import DataError
+    from sam2train.data.check import check_sources
+    from sam2train.errors import DataError
 
     if not cfg.data.check_at_setup:
         return
@@ -156,9 +157,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if not Path(args.ckpt).is_file():
         raise FileNotFoundError(f"--ckpt: checkpoint file not found: {args.ckpt}")
-    from .data.datamodule import SAM2LightningDataModule
-    from .lightning import SAM2LightningModule
-    from .runner import make_trainer
+    from sam2train.data.datamodule import SAM2LightningDataModule
+    from sam2train.train.module import SAM2LightningModule
+    from sam2train.train.trainer import make_trainer
 
     datamodule = SAM2LightningDataModule(cfg)
     datamodule.setup("validate")
@@ -175,7 +176,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_demo_data(args: argparse.Namespace) -> int:
     import time
 
-    from .data.synthetic import write_demo_dataset
+    from sam2train.data.demo import write_demo_dataset
 
     start = time.time()
     summary = write_demo_dataset(
@@ -196,7 +197,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect_data(args: argparse.Namespace) -> int:
-    from .data.inspect import inspect_dataset
+    from sam2train.data.preview import inspect_dataset
 
     cfg = load_config(args.config, args.overrides)
     report = inspect_dataset(cfg, args.out, train=args.split == "train")
@@ -208,7 +209,7 @@ def cmd_inspect_data(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from .metrics import evaluate_folders
+    from sam2train.eval.evaluate import evaluate_folders
 
     scores = evaluate_folders(args.pred, args.gt)
     print(f"{'sequence':<24}{'J&F':>8}{'J':>8}{'F':>8}")
@@ -232,8 +233,8 @@ COMMANDS = {
     "demo-data": cmd_demo_data,
     "inspect-data": cmd_inspect_data,
     "evaluate": cmd_evaluate,
-    "predict": lambda args: _lazy("predict", "cmd_predict")(args),
-    "export": lambda args: _lazy("export", "cmd_export")(args),
+    "predict": lambda args: _lazy("eval.predict", "cmd_predict")(args),
+    "export": lambda args: _lazy("eval.export", "cmd_export")(args),
     "check-data": lambda args: _lazy("data.check", "cmd_check_data")(args),
 }
 
@@ -273,7 +274,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sam2train {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

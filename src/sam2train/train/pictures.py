@@ -13,10 +13,10 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image, ImageDraw
 
-from .callbacks import run_dir
-from .data.batch import Prompts, VideoBatch
-from .data.inspect import _denormalize
-from .viz import overlay, save_gif, save_png, strip
+from sam2train.batch import Prompts, VideoBatch
+from sam2train.data.preview import _denormalize
+from sam2train.train.callbacks import run_dir
+from sam2train.viz import overlay, save_gif, save_png, strip
 
 IMAGE_TAG = "val/pictures"
 """The key of the strip in TensorBoard, wandb and swanlab (one image per validation run, stepped by global step)."""

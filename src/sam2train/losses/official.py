@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from sam2train.config import Sam2LossConfig
-from sam2train.losses import dice_per_mask
+from sam2train.losses.training import dice_per_mask
 
 __all__ = [
     "SAM2OfficialLoss",

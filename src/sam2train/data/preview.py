@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import Config
-from .batch import PROMPT_BOX, PROMPT_NAMES, PROMPT_POINT, VideoSample
-from .datamodule import mix_summary, open_data
-from .sampling import MixedClips
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from sam2train.batch import PROMPT_BOX, PROMPT_NAMES, PROMPT_POINT, VideoSample
+from sam2train.config import Config
+from sam2train.data.datamodule import mix_summary, open_data
+from sam2train.data.sampling import MixedClips
+from sam2train.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 _MAX_AREA_FRAMES = 500  # mask-area percentiles read at most this many annotated frames (evenly spread)
 
@@ -55,7 +55,7 @@ def _denormalize(images: torch.Tensor) -> np.ndarray:
 
 def clip_tiles(sample: VideoSample) -> tuple[list[np.ndarray], str]:
     """One sheet row: frames with ground-truth masks (the first also shows the prompts), and its title."""
-    from ..viz import draw_prompts, overlay
+    from sam2train.viz import draw_prompts, overlay
 
     frames = _denormalize(sample.images)
     ids = sample.object_ids.tolist()
@@ -74,7 +74,7 @@ def clip_tiles(sample: VideoSample) -> tuple[list[np.ndarray], str]:
 
 def clip_sheet(sample: VideoSample) -> np.ndarray:
     """Rows: frames with ground-truth masks; the first frame also shows the prompts (points, boxes)."""
-    from ..viz import strip
+    from sam2train.viz import strip
 
     tiles, title = clip_tiles(sample)
     return strip([tiles], [title])
@@ -83,7 +83,7 @@ def clip_sheet(sample: VideoSample) -> np.ndarray:
 def inspect_dataset(cfg: Config, out_png: Path, train: bool = True) -> str:
     """Print-ready statistics of every train (or val) source; writes a PNG sheet with the first sampled clip of
     each source (one row per source). Several sources of `data.train` also list their clips per epoch."""
-    from ..viz import save_png, strip
+    from sam2train.viz import save_png, strip
 
     opened, dataset = open_data(cfg, train=train)
     split = "train" if train else "val"

@@ -16,9 +16,10 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy
 from lightning.pytorch.utilities import rank_zero_warn
 
-from .callbacks import AtomicCheckpointIO, CurvesAtEnd, SaveConfig, SaveOnInterrupt
-from .config import Config, ConfigError
-from .viz_callback import ValidationPictures
+from sam2train.config import Config
+from sam2train.errors import ConfigError
+from sam2train.train.callbacks import AtomicCheckpointIO, CurvesAtEnd, SaveConfig, SaveOnInterrupt
+from sam2train.train.pictures import ValidationPictures
 
 _VERSION_ENV = "SAM2TRAIN_RUN_VERSION"
 

@@ -9,14 +9,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..config import ConfigError, UserError
+from sam2train.errors import ConfigError
 
 if TYPE_CHECKING:
-    from ..config import Config
-
-
-class DataError(UserError):
-    """A problem with the user's data; the message names the file, video or key."""
+    from sam2train.config import Config
 
 
 @dataclass(frozen=True)

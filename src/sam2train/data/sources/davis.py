@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .source_base import DataError, FrameMasks, FrameRef, VideoInfo, VideoSource
+from sam2train.data.sources.base import FrameMasks, FrameRef, VideoInfo, VideoSource
+from sam2train.errors import DataError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 VOID_ID = 255
@@ -407,7 +408,7 @@ FORMATS = ("davis", "coco_video", "sav", "youtube_vos")
 
 def _detect(path: Path) -> tuple[str, object]:
     """(format, parsed JSON or None) for a dataset path."""
-    from .sources_json import read_json
+    from sam2train.data.sources.json_formats import read_json
 
     if path.is_dir():
         has_folders = (path / "JPEGImages").is_dir() and (path / "Annotations").is_dir()
@@ -451,8 +452,8 @@ def open_source(
     JPEGImages -> sav; another folder -> davis; JSON -> by its keys). images_root: where JSON formats find frames
     (default: the JSON's folder). videos: keep only these videos (an unknown name is a DataError).
     """
-    from .sources_json import CocoVideoSource, SavSource
-    from .sources_ytvos import YouTubeVosSource
+    from sam2train.data.sources.json_formats import CocoVideoSource, SavSource
+    from sam2train.data.sources.youtube_vos import YouTubeVosSource
 
     path = Path(path)
     if not path.exists():

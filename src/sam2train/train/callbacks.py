@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from .config import Config, to_yaml
+from sam2train.config import Config, to_yaml
 
 log = logging.getLogger("sam2train")
 
@@ -61,7 +61,7 @@ class CurvesAtEnd(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        from .viz import plot_curves
+        from sam2train.viz import plot_curves
 
         for logger in trainer.loggers:
             metrics = Path(getattr(logger, "log_dir", "") or "") / "metrics.csv"

@@ -1,20 +1,18 @@
-"""Typed configuration: one dataclass per section, YAML loading with `base:` composition and dotted overrides.
+"""The config sections: one dataclass per section, each field documented, impossible values refused in
+`__post_init__` with the key named.
 
-`load_config(path, overrides)` is the only entry point. It checks every key against the dataclasses (an unknown key
-is an error naming it and the closest valid key), lets OmegaConf convert and type-check values, and then runs the
-`__post_init__` checks of each section (impossible values are errors naming the key).
+Over 400 lines because it is the one place every key of the config is declared and documented.
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field, fields, is_dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-from omegaconf import MISSING, OmegaConf  # noqa: F401  (MISSING re-exported for recipes written in Python)
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING
+
+from sam2train.errors import ConfigError
 
 DATA_FORMATS = ("davis", "coco_video", "sav", "youtube_vos")
 PROMPT_TYPES = ("mask", "box", "point", "mixed")
@@ -35,21 +33,12 @@ TRAINABLE_GROUPS = (
 )
 
 
-class UserError(ValueError):
-    """Bad input from the user (config, data, checkpoint, arguments). The CLI prints its message, which names the
-    culprit, as one line and exits with status 2; anything else is a bug and keeps its traceback."""
-
-
-class ConfigError(UserError):
-    """A configuration problem; the message names the key (and the file when there is one)."""
-
-
 def _check(cond: bool, key: str, message: str) -> None:
     if not cond:
         raise ConfigError(f"config key '{key}': {message}")
 
 
-def _closest(value: str, options: tuple[str, ...] | list[str]) -> str:
+def closest(value: str, options: tuple[str, ...] | list[str]) -> str:
     """' Did you mean X?' for the closest option (by similarity, else by containment), or ''."""
     close = difflib.get_close_matches(value, options, n=1, cutoff=0.5)
     if not close:
@@ -60,7 +49,7 @@ def _closest(value: str, options: tuple[str, ...] | list[str]) -> str:
 def _check_choice(value: Any, key: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(
-            f"config key '{key}': '{value}' is not one of {list(choices)}.{_closest(str(value), choices)}"
+            f"config key '{key}': '{value}' is not one of {list(choices)}.{closest(str(value), choices)}"
         )
 
 
@@ -536,115 +525,3 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     seed: int = 42
-
-
-def _valid_keys(cls: type, prefix: str = "") -> list[str]:
-    keys = []
-    for f in fields(cls):
-        key = f"{prefix}{f.name}"
-        keys.append(key)
-        ftype = f.default_factory() if callable(f.default_factory) else None  # type: ignore[misc]
-        if is_dataclass(ftype):
-            keys.extend(_valid_keys(type(ftype), key + "."))
-    return keys
-
-
-VALID_KEYS: tuple[str, ...] = tuple(_valid_keys(Config))
-
-
-def _check_keys(tree: dict, source: str, prefix: str = "") -> None:
-    """Raise on the first key that is not a Config field, naming it and the closest valid key."""
-    for key, value in tree.items():
-        full = f"{prefix}{key}"
-        if full not in VALID_KEYS:
-            while isinstance(value, dict) and value:  # name the whole dotted key a user wrote
-                key, value = next(iter(value.items()))
-                full = f"{full}.{key}"
-            raise ConfigError(f"{source}: unknown config key '{full}'.{_closest(full, VALID_KEYS)}")
-        if isinstance(value, dict) and any(k.startswith(full + ".") for k in VALID_KEYS):
-            _check_keys(value, source, full + ".")
-
-
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[dict, str]]:
-    """The YAML at `path` preceded by its `base:` chain (a path or list of paths relative to the file)."""
-    path = path.resolve()
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    if path in seen:
-        raise ConfigError(f"{path}: 'base' chain loops back to itself")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    bases = tree.pop("base", None) or []
-    out: list[tuple[dict, str]] = []
-    for base in [bases] if isinstance(bases, str) else bases:
-        out.extend(_read_yaml(path.parent / base, seen + (path,)))
-    out.append((tree, str(path)))
-    return out
-
-
-def _parse_override(item: str) -> tuple[str, Any]:
-    if "=" not in item:
-        raise ConfigError(f"override '{item}' is not of the form key=value")
-    key, raw = item.split("=", 1)
-    key = key.strip()
-    value = yaml.safe_load(raw) if raw.strip() else None
-    return key, value
-
-
-def _nest(key: str, value: Any) -> dict:
-    out: dict = {}
-    node = out
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-    return out
-
-
-def _merge(base: Any, layer: dict, source: str) -> Any:
-    try:
-        return OmegaConf.merge(base, layer)
-    except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", None) or "?"
-        msg = str(exc).split("\n")[0]
-        raise ConfigError(f"{source}: config key '{key}': {msg}") from None
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Build a validated Config from dataclass defaults, the YAML chain at `path` and `key=value` overrides.
-
-    Raises ConfigError naming the file and the key for unknown keys, wrong types and impossible values.
-    """
-    cfg = OmegaConf.structured(Config)
-    layers = _read_yaml(Path(path)) if path is not None else []
-    for item in overrides:
-        key, value = _parse_override(item)
-        layers.append((_nest(key, value), f"override '{item}'"))
-    for tree, source in layers:
-        _check_keys(tree, source)
-        cfg = _merge(cfg, tree, source)
-    try:
-        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
-    except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", None) or "?"
-        raise ConfigError(f"config key '{key}': {str(exc).splitlines()[0]}") from None
-
-
-def config_from_dict(tree: dict) -> Config:
-    """A Config from a plain nested dict (e.g. the one stored in a checkpoint), validated like a YAML file."""
-    _check_keys(tree, "checkpoint config")
-    cfg = _merge(OmegaConf.structured(Config), tree, "checkpoint config")
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
-
-
-def to_dict(cfg: Config) -> dict:
-    """The resolved config as a plain dict (for checkpoints, hparams and YAML)."""
-    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
-
-
-def to_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

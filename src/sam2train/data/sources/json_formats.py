@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from .source_base import DataError, FrameMasks, FrameRef, VideoInfo
-from .sources import (
+from sam2train.data.sources.base import FrameMasks, FrameRef, VideoInfo
+from sam2train.data.sources.davis import (
     ImageFileSource,
     check_frame_sizes,
     finish,
@@ -28,6 +28,7 @@ from .sources import (
     sort_stems,
     stack_masks,
 )
+from sam2train.errors import DataError
 
 _RLE_CHARS = re.compile(r"[0-o]*")
 """pycocotools writes compressed counts with the characters chr(48)..chr(111)."""

@@ -1,0 +1,1 @@
+"""The storage formats: one reader per format behind a registry."""

@@ -1,0 +1,1 @@
+"""After training: DAVIS metrics over folders, predict on new videos, export for Meta's predictor."""

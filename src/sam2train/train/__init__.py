@@ -1,0 +1,1 @@
+"""Training: the LightningModule, the Trainer assembled from the config, callbacks, the optimizer."""
