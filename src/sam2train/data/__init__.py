@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from importlib import import_module
 
-_WHERE = {"SAM2LightningDataModule": "sam2train.data.datamodule"}
+_WHERE = {
+    "DataError": "sam2train.errors",
+    "Prompts": "sam2train.batch",
+    "VideoBatch": "sam2train.batch",
+    "VideoSample": "sam2train.batch",
+    "collate_videos": "sam2train.batch",
+    "SAM2LightningDataModule": "sam2train.data.datamodule",
+}
 __all__ = sorted(_WHERE)
 
 
