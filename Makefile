@@ -1,4 +1,5 @@
-# Two commands: `make demo` and `make test`. Each creates .venv on first use.
+# `make demo`, `make test` (ruff + the quick tests, a few minutes on 2 CPU cores) and `make test-all` (ruff + every
+# test: parity with Meta, DDP/FSDP, kill-and-resume, compile, longer fits). Each creates .venv on first use.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ SAM2 := sam2==1.1.0
 DEMO_DATA := data/demo
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test test-all lint format bench clean
 
 install: $(STAMP)
 
@@ -37,6 +38,9 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks
 
 test: lint
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: lint
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -161,7 +161,7 @@ def save_initial(cfg: Any, path: Path) -> None:
 def run_fit(overrides: list[str]) -> float:
     """`sam2train fit` in a subprocess (its own process: Lightning state, seeds, data workers); wall seconds."""
     start = time.perf_counter()
-    cmd = [sys.executable, "-m", "sam2train.cli.commands", "fit", "--config", str(CONFIG), *overrides]
+    cmd = [sys.executable, "-m", "sam2train.cli", "fit", "--config", str(CONFIG), *overrides]
     print("+", " ".join(cmd), flush=True)
     result = subprocess.run(cmd, cwd=REPO)
     if result.returncode != 0:
@@ -215,14 +215,14 @@ def _summary(scores: dict[str, Any]) -> dict[str, Any]:
 
 
 def score_predictions(pred: Path, gt: Path, seqs: list[str]) -> dict[str, Any]:
-    from sam2train.metrics import evaluate_folders
+    from sam2train.eval.evaluate import evaluate_folders
 
     return _summary(evaluate_folders(pred, gt, sequences=seqs))
 
 
 def predict_and_score(ckpt: Path, seqs: list[str], frames: Path, gt: Path, pred: Path) -> dict[str, Any]:
     """`sam2train predict` from the first ground-truth mask of each sequence, then J&F of the predictions."""
-    from sam2train.cli.commands import main as sam2train
+    from sam2train.cli import main as sam2train
 
     for seq in seqs:
         prompt = sorted((gt / seq).glob("*.png"))[0]

@@ -4,7 +4,7 @@
         [--frames 8] [--objects 3] [--prompt mask|box|point] [--precision 32|bf16]
         [--trainable image_encoder memory_attention ...] [--steps 5] [--warmup 1] [--out FILE.json]
 
-(a) ours: `SAM2LightningModule` forward (`run_video`) + its `_loss` (SAM2TrainingLoss, object_score_weight 1);
+(a) ours: `SAM2LightningModule` forward (`run_video`) + its `compute_loss` (SAM2TrainingLoss, object_score_weight 1);
 (b) Meta: `training.model.sam2.SAM2Train` + `MultiStepMultiMasksAndIous` as the MOSE fine-tune config sets it
 (focal 20, dice 1, IoU L1 1, class 1). Each side: forward + loss, backward, grad-norm clip, AdamW step (same lr,
 weight decay and clip value on both sides). Both start from the same random weights (ours' state dict loaded
@@ -290,7 +290,7 @@ class OursSide(Side):
         self.batch = batch
 
     def forward_loss(self) -> torch.Tensor:
-        total, _ = self.model._loss(self.model(self.batch), self.batch)
+        total = self.model.compute_loss(self.model(self.batch), self.batch).total
         return total
 
 

@@ -18,11 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
-from sam2train.cli.commands import main
+from conftest import DEMO_CONFIG, fit_args
+from sam2train.cli import main
 from sam2train.data.demo import write_demo_dataset
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "configs" / "demo.yaml"
 LIMIT_S = 120
 
 
@@ -34,23 +33,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _fit(data: Path, root: Path, *extra: str) -> list[str]:
-    return [
-        "fit",
-        "--config",
-        str(DEMO),
-        f"data.train_path={data / 'train'}",
-        f"data.val_path={data / 'val'}",
-        "data.clip_length=2",
-        "data.num_workers=0",
-        "model.image_size=64",
-        "trainer.limit_train_batches=1",
-        "trainer.limit_val_batches=1",
-        "trainer.max_epochs=1",
-        "logging.progress_bar=none",
-        "logging.viz_every_n_epochs=0",
-        f"logging.root_dir={root}",
-        *extra,
-    ]
+    return fit_args(root, "logging.viz_every_n_epochs=0", *extra, data=data, image_size=64, steps=1)
 
 
 def _copy(demo: Path, tmp: Path) -> Path:
@@ -181,7 +164,7 @@ CASES: list[Case] = [
             [
                 "check-data",
                 "--config",
-                str(DEMO),
+                str(DEMO_CONFIG),
                 f"data.train_path={d / 'train'}",
                 f"data.val_path={d / 'val'}",
             ],

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import SHARED_DATA, needs_shared_data
 from layouts import davis_to_coco, davis_to_sav, davis_to_ytvos, make_davis, rle, sav_like_meta, save_palette
-from sam2train.cli.commands import main
+from sam2train.cli import main
 from sam2train.config import load_config
 from sam2train.data.check import ERROR, INFO, WARNING, check_sources
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 _HEADER = re.compile(r"^(errors|warnings|info) \(\d+\):$")
 
 
@@ -195,9 +195,9 @@ def test_sav_real_keys_and_automatic_masklets(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------- real data
-@pytest.mark.skipif(not (SHARED / "edge_cases").is_dir(), reason="../shared/data is not available")
+@needs_shared_data
 def test_sparse_annotations_one_pixel_narrow_mask_is_a_warning(tmp_path, capsys):
-    path = SHARED / "edge_cases" / "sparse_annotations"
+    path = SHARED_DATA / "edge_cases" / "sparse_annotations"
     status, found, summary = check(capsys, write_config(tmp_path, train_path=str(path), clip_length=1))
     assert status == 0 and summary == "0 errors, 1 warning in 2 videos (20 frames)"
     assert listed(found[WARNING], "judo/00005.png", "[judo]", "mask is 853x480 but its frame is 854x480")

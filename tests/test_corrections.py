@@ -10,9 +10,9 @@ import torch
 
 from sam2train.batch import PROMPT_BOX, PROMPT_MASK, PROMPT_POINT
 from sam2train.config import PromptsConfig
+from sam2train.metrics import video_jf
 from sam2train.model.corrections import Clicker, prompts_from_ground_truth, sample_click
 from sam2train.model.video import NO_OBJ_LOGIT, run_video
-from sam2train.train.module import video_jf
 
 
 def _square(size: int, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:

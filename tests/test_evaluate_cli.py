@@ -8,18 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from sam2train.cli.commands import main
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA / "davis2016").is_dir(), reason="../shared/data is absent")
+from conftest import SHARED_DATA, needs_shared_data
+from sam2train.cli import main
 
 
-@needs_data
+@needs_shared_data
 def test_evaluate_writes_the_design_keys(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     pred, gt = tmp_path / "pred", tmp_path / "gt"
     for seq in ("blackswan", "bmx-trees"):
-        shutil.copytree(DATA / "reference" / "osvos_davis2016_pred" / seq, pred / seq)
-        shutil.copytree(DATA / "davis2016" / "Annotations" / "480p" / seq, gt / seq)
+        shutil.copytree(SHARED_DATA / "reference" / "osvos_davis2016_pred" / seq, pred / seq)
+        shutil.copytree(SHARED_DATA / "davis2016" / "Annotations" / "480p" / seq, gt / seq)
     out = tmp_path / "scores.json"
     assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--out", str(out)]) == 0
     scores = json.loads(out.read_text())
@@ -31,12 +29,12 @@ def test_evaluate_writes_the_design_keys(tmp_path: Path, capsys: pytest.CaptureF
     assert "blackswan" in table and "overall" in table
 
 
-@needs_data
+@needs_shared_data
 def test_evaluate_names_a_missing_prediction_frame(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     pred = tmp_path / "pred"
-    shutil.copytree(DATA / "reference" / "osvos_davis2016_pred" / "blackswan", pred / "blackswan")
+    shutil.copytree(SHARED_DATA / "reference" / "osvos_davis2016_pred" / "blackswan", pred / "blackswan")
     (pred / "blackswan" / "00010.png").unlink()
     gt = tmp_path / "gt"
-    shutil.copytree(DATA / "davis2016" / "Annotations" / "480p" / "blackswan", gt / "blackswan")
+    shutil.copytree(SHARED_DATA / "davis2016" / "Annotations" / "480p" / "blackswan", gt / "blackswan")
     assert main(["evaluate", "--pred", str(pred), "--gt", str(gt)]) == 2
     assert "00010.png" in capsys.readouterr().err

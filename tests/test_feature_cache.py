@@ -145,8 +145,9 @@ def test_partial_or_foreign_file_is_not_read(frozen_sam2, key, tmp_path: Path, e
     _assert_equal(again.encode(images, KEYS), first)
     assert encoder_frames == [3, 3]  # all three recomputed
     assert truncated.stat().st_size == size and leftover.is_file()  # and rewritten whole
-    assert CachedEncoder(frozen_sam2, FeatureCache(tmp_path, key)).encode(images, KEYS) is not None
-    assert encoder_frames == [3, 3]
+    reread = CachedEncoder(frozen_sam2, FeatureCache(tmp_path, key))
+    _assert_equal(reread.encode(images, KEYS), first)  # the rewritten files read back as they were written
+    assert (reread.cache.hits, reread.cache.misses) == (3, 0) and encoder_frames == [3, 3]
 
 
 def test_concurrent_writers_never_expose_a_partial_file(key, tmp_path: Path) -> None:

@@ -12,43 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from sam2train.cli.commands import main
-from sam2train.data.demo import write_demo_dataset
+from conftest import fit_args
+from sam2train.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "configs" / "demo.yaml"
-
-
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("demo")
-    write_demo_dataset(out, videos=4, frames=6, size=(96, 128), objects=2, seed=3)
-    return out
+LOGGED = ("trainer.log_every_n_steps=1", "scheduler.warmup_steps=0")
+"""Every step logged, the learning rate from the first step."""
 
 
-def _overrides(data: Path, root: Path, steps: int = 2) -> list[str]:
-    return [
-        f"data.train_path={data / 'train'}",
-        f"data.val_path={data / 'val'}",
-        "data.clip_length=2",
-        "data.num_workers=0",
-        "data.val_clip_length=2",
-        "model.image_size=128",
-        f"trainer.limit_train_batches={steps}",
-        "trainer.max_epochs=1",
-        "trainer.limit_val_batches=1",
-        "trainer.log_every_n_steps=1",
-        "scheduler.warmup_steps=0",
-        f"logging.root_dir={root}",
-        "logging.progress_bar=none",
-    ]
-
-
-@pytest.mark.slow
 def test_fit_writes_checkpoint_config_metrics_and_validate_reads_them(
     demo_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    assert main(["fit", "--config", str(DEMO), *_overrides(demo_data, tmp_path)]) == 0
+    assert main(fit_args(tmp_path, *LOGGED, data=demo_data, steps=2)) == 0
     run = tmp_path / "demo" / "version_0"
     ckpts = run / "checkpoints"
     assert (
@@ -90,30 +64,19 @@ def test_fit_writes_checkpoint_config_metrics_and_validate_reads_them(
 
 def test_fit_with_missing_data_names_the_path(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     missing = tmp_path / "nowhere"
-    assert (
-        main(["fit", "--config", str(DEMO), f"data.train_path={missing}", f"logging.root_dir={tmp_path}"])
-        == 2
-    )
+    assert main(fit_args(tmp_path, data=missing, val=False)) == 2
     assert str(missing) in capsys.readouterr().err
 
 
 def test_resume_with_missing_checkpoint_names_it(demo_data: Path, tmp_path: Path, capsys) -> None:
-    args = [
-        "fit",
-        "--config",
-        str(DEMO),
-        *_overrides(demo_data, tmp_path),
-        "--ckpt",
-        str(tmp_path / "x.ckpt"),
-    ]
-    assert main(args) == 2
+    assert main(fit_args(tmp_path, "--ckpt", str(tmp_path / "x.ckpt"), data=demo_data, steps=2)) == 2
     assert "x.ckpt" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_ddp_with_two_cpu_processes(demo_data: Path, tmp_path: Path) -> None:
     exe = Path(sys.executable).parent / "sam2train"
-    cmd = [str(exe), "fit", "--config", str(DEMO), *_overrides(demo_data, tmp_path)]
+    cmd = [str(exe), *fit_args(tmp_path, *LOGGED, data=demo_data, steps=2)]
     cmd += ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "logging.version=ddp"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("SAM2TRAIN_RUN_VERSION", None)
@@ -135,7 +98,7 @@ def test_fit_runs_the_fast_data_check_first(demo_data: Path, tmp_path: Path, cap
     bad = sorted((data / "train" / "Annotations").glob("*/00002.png"))[0]
     mask = Image.open(bad)
     mask.crop((0, 0, mask.width - 6, mask.height)).save(bad)  # 6 px narrower than its frame: an error
-    args = ["fit", "--config", str(DEMO), *_overrides(data, tmp_path / "runs")]
+    args = fit_args(tmp_path / "runs", *LOGGED, data=data, steps=2)
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "data error" in err and bad.name in err and bad.parent.name in err

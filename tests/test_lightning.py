@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch.optim.lr_scheduler import SequentialLR, StepLR
 
-from sam2train.cli.commands import main
+from conftest import fit_args
+from sam2train.batch import as_video_batch
+from sam2train.cli import main
 from sam2train.config import load_config
 from sam2train.data.demo import write_demo_dataset
 from sam2train.errors import ConfigError
-from sam2train.train.module import SAM2LightningModule, as_video_batch
+from sam2train.train.module import SAM2LightningModule
 from sam2train.train.trainer import resolve_precision
-
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -114,27 +114,16 @@ def test_half_precision_on_cpu_is_an_error_naming_the_key() -> None:
         resolve_precision("16-mixed", "auto")
 
 
-@pytest.mark.slow
 def test_resume_from_last(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     data = tmp_path / "data"
     write_demo_dataset(data, videos=3, frames=4, size=(64, 64), objects=1, seed=0)
-    common = [
-        f"data.train_path={data / 'train'}",
-        f"data.val_path={data / 'val'}",
-        "data.clip_length=2",
-        "data.num_workers=0",
-        "model.image_size=128",
-        "model.trainable_modules=[memory_attention]",
-        "trainer.limit_train_batches=1",
-        "trainer.validate_first=true",
-        f"logging.root_dir={tmp_path / 'runs'}",
-        "logging.progress_bar=none",
-        "logging.viz_every_n_epochs=0",
-    ]
-    assert main(["fit", "--config", str(DEMO), *common, "trainer.max_epochs=1"]) == 0
+    extra = ["model.trainable_modules=[memory_attention]", "trainer.limit_train_batches=1"]
+    extra += ["trainer.validate_first=true", "logging.viz_every_n_epochs=0"]
+    common = fit_args(tmp_path / "runs", *extra, data=data)
+    assert main([*common, "trainer.max_epochs=1"]) == 0
     first = capsys.readouterr().out
     assert "before training" in first and "val/J&F" in first
-    assert main(["fit", "--config", str(DEMO), *common, "trainer.max_epochs=2", "--ckpt", "last"]) == 0
+    assert main([*common, "trainer.max_epochs=2", "--ckpt", "last"]) == 0
     runs = sorted((tmp_path / "runs" / "demo").iterdir())
     assert [r.name for r in runs] == ["version_0", "version_1"]
     final = json.loads((runs[1] / "final_metrics.json").read_text())

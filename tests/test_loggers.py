@@ -13,12 +13,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from conftest import DEMO_CONFIG
 from sam2train.config import load_config
 from sam2train.errors import ConfigError
 from sam2train.train.pictures import IMAGE_TAG
 from sam2train.train.trainer import make_loggers, make_trainer
-
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
 class _Echo(L.LightningModule):
@@ -61,7 +60,7 @@ class _Echo(L.LightningModule):
 def _fit(root: Path, logger: str, make_video_batch) -> Path:
     """Two training steps and a validation with loggers [csv, `logger`] offline; returns the run folder."""
     cfg = load_config(
-        DEMO,
+        DEMO_CONFIG,
         [
             f"data.val_path={root}",
             f"logging.root_dir={root}",
@@ -136,6 +135,6 @@ def test_swanlab_offline_run_holds_metrics_and_pictures(
 @pytest.mark.parametrize("kind", ["wandb", "swanlab"])
 def test_missing_logger_package_names_the_key_and_extra(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, kind, None)  # import machinery: "not installed"
-    cfg = load_config(DEMO, [f"logging.loggers=[csv,{kind}]"])
+    cfg = load_config(DEMO_CONFIG, [f"logging.loggers=[csv,{kind}]"])
     with pytest.raises(ConfigError, match=rf"logging\.loggers.*sam2train\[{kind}\]"):
         make_loggers(cfg, "v")

@@ -1,14 +1,19 @@
-"""SAM2TrainingLoss against plain-Python formulas on tiny tensors."""
+"""SAM2TrainingLoss against plain-Python formulas on tiny tensors; both losses behind one interface, with the
+config's defaults."""
 
 from __future__ import annotations
 
+import inspect
 import math
+from dataclasses import fields
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from sam2train.losses.training import SAM2TrainingLoss
+from sam2train.config import LossConfig, Sam2LossConfig, load_config
+from sam2train.losses import LossOutput, SAM2OfficialLoss, SAM2TrainingLoss, VideoLoss, build_loss
 
 KEYS = {"bce", "dice", "iou", "temporal"}
 
@@ -211,13 +216,13 @@ def test_shape_errors(kwargs):
         SAM2TrainingLoss()(**args)
 
 
-def test_object_score_term_is_bce_against_presence_and_off_by_default() -> None:
+def test_object_score_term_is_bce_against_presence_and_off_with_weight_0() -> None:
     logits = torch.zeros(1, 2, 2, 4, 4)
     target = torch.zeros(1, 2, 2, 4, 4)
     target[0, 0, 0, 1, 1] = 1.0  # object 0 present in frame 0 only; object 1 never present
     valid = torch.tensor([[[True, True], [True, False]]])
     scores = torch.tensor([[[2.0, -1.0], [0.5, 9.0]]], requires_grad=True)
-    plain = SAM2TrainingLoss()
+    plain = SAM2TrainingLoss(object_score_weight=0.0)
     base = plain(logits, target, valid)
     assert torch.equal(plain(logits, target, valid, object_score_logits=scores), base)  # weight 0: spec loss
     loss = SAM2TrainingLoss(object_score_weight=2.0)
@@ -231,3 +236,81 @@ def test_object_score_term_is_bce_against_presence_and_off_by_default() -> None:
     torch.testing.assert_close(total, base + 2.0 * expected)
     total.backward()
     assert scores.grad[0, 1, 1] == 0 and scores.grad[0, 0, 0] < 0 < scores.grad[0, 0, 1]
+
+
+@pytest.mark.parametrize(
+    ("loss", "config"), [(SAM2TrainingLoss, LossConfig), (SAM2OfficialLoss, Sam2LossConfig)]
+)
+def test_every_loss_default_equals_the_config_default(loss: type[VideoLoss], config: type) -> None:
+    params = dict(inspect.signature(loss.__init__).parameters)
+    params.pop("self")
+    keys = {f.name for f in fields(config)} - {"type", "sam2"}  # the loss choice and Meta's own section
+    assert set(params) == keys
+    defaults = config()
+    for name, param in params.items():
+        assert param.default == getattr(defaults, name), name
+
+
+def _fake_pass(b: int = 2, t: int = 3, n: int = 2, size: int = 8, k: int = 2, m: int = 3):
+    """A video pass and a batch with just the fields the losses read (random logits, blob targets)."""
+    g = torch.Generator().manual_seed(4)
+    masks = (torch.rand(b, t, n, size, size, generator=g) > 0.6).float()
+    valid = torch.ones(b, t, n, dtype=torch.bool)
+    valid[1, :, 1] = False
+    active = torch.ones(b, t, n, dtype=torch.bool)
+    active[0, 0, 0] = False
+    out = SimpleNamespace(
+        mask_logits=torch.randn(b, t, n, size, size, generator=g),
+        object_score_logits=torch.randn(b, t, n, generator=g),
+        step_multimask_logits=torch.randn(b, t, n, k, m, size // 4, size // 4, generator=g),
+        step_iou_pred=torch.rand(b, t, n, k, m, generator=g),
+        step_object_score_logits=torch.randn(b, t, n, k, generator=g),
+        step_valid=active[..., None].expand(b, t, n, k).clone(),
+        active=active,
+    )
+    batch = SimpleNamespace(masks=masks, valid=valid, ignore=torch.rand(b, t, size, size, generator=g) > 0.9)
+    return out, batch
+
+
+@pytest.mark.parametrize("kind", ["sam2train", "sam2"])
+@pytest.mark.parametrize("object_score_weight", [0.0, 1.0])
+def test_build_loss_and_one_video_loss_interface(kind: str, object_score_weight: float) -> None:
+    cfg = load_config(None, [f"loss.type={kind}", f"loss.object_score_weight={object_score_weight}"])
+    loss = build_loss(cfg)
+    assert type(loss) is {"sam2train": SAM2TrainingLoss, "sam2": SAM2OfficialLoss}[kind]
+    assert isinstance(loss, VideoLoss)
+    out, batch = _fake_pass()
+    result = loss.video_loss(out, batch)
+    assert isinstance(result, LossOutput) and result.total.shape == ()
+    assert tuple(result.terms) == loss.term_names
+    if kind == "sam2":
+        total, terms = loss(
+            out.step_multimask_logits,
+            out.step_iou_pred,
+            out.step_object_score_logits,
+            out.step_valid & batch.valid[..., None],
+            batch.masks,
+            ignore_mask=batch.ignore,
+        )
+    else:
+        assert ("object_score" in loss.term_names) == (object_score_weight > 0)
+        scores = out.object_score_logits if object_score_weight > 0 else None
+        total, terms = loss(
+            out.mask_logits,
+            batch.masks,
+            batch.valid & out.active,
+            return_components=True,
+            ignore_mask=batch.ignore,
+            object_score_logits=scores,
+        )
+    torch.testing.assert_close(result.total, total, rtol=0, atol=0)
+    assert result.terms.keys() == terms.keys()
+
+
+def test_spec_signature_is_kept() -> None:
+    """The spec's constructor and call: positional weights, `forward(pred, target, valid, return_components)`."""
+    loss = SAM2TrainingLoss(bce_weight=1.0, dice_weight=1.0, iou_weight=0.5, temporal_weight=0.1, smooth=1e-6)
+    x, y = torch.randn(1, 2, 1, 4, 4), (torch.rand(1, 2, 1, 4, 4) > 0.5).float()
+    total = loss(x, y)
+    total2, parts = loss(x, y, None, True)
+    assert total.shape == () and torch.equal(total, total2) and set(parts) == KEYS

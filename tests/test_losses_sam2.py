@@ -11,7 +11,8 @@ from training.loss_fns import MultiStepMultiMasksAndIous
 
 import sam2train.losses.official as losses_sam2
 from sam2train.config import Sam2LossConfig
-from sam2train.losses.official import SAM2OfficialLoss, focal_per_mask
+from sam2train.losses.official import SAM2OfficialLoss
+from sam2train.losses.terms import focal_per_mask
 
 M = 3
 KEYS = ("mask", "dice", "iou", "class")

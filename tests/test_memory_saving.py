@@ -148,9 +148,9 @@ def test_compiled_encoder_same_features_and_one_graph(tiny_sam2) -> None:
 
 @pytest.mark.slow
 def test_compiled_encoder_inductor_cpu(tiny_sam2) -> None:
-    """Inductor's CPU code generation for one 128 px frame (about a minute of compilation, minutes on a busy
-    machine, hence slow); skipped only when no C++ compiler is installed, which `compile_image_encoder`
-    reports as CompilerNotFoundError."""
+    """Inductor's CPU code generation for one 128 px frame (seconds for the tiny model, a minute for hiera-t,
+    but it runs the C++ toolchain: slow lane); skipped only when no C++ compiler is installed, which
+    `compile_image_encoder` reports as CompilerNotFoundError."""
     torch._dynamo.reset()
     model = copy.deepcopy(tiny_sam2).eval()
     try:

@@ -11,12 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import SHARED_DATA, needs_shared_data
 from sam2train.errors import DataError
 from sam2train.metrics import boundary_f, disk_radius, frame_statistics, jaccard, seg2bmap, sequence_scores, summarize
 from sam2train.eval.evaluate import evaluate_folders
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA / "davis2016").is_dir(), reason="shared data folder absent")
 
 
 # ---------------------------------------------------------------- a literal port of davis2017-evaluation
@@ -300,23 +298,24 @@ def test_missing_sequence_object_and_unknown_id(tmp_path: Path):
         evaluate_folders(tmp_path / "obj", tmp_path / "gt")
 
 
-@needs_data
+@needs_shared_data
 def test_edge_cases_void_sparse_and_uneven_sizes():
-    interactive = DATA / "edge_cases" / "davis2017_interactive"
+    interactive = SHARED_DATA / "edge_cases" / "davis2017_interactive"
     with pytest.raises(DataError, match="tennis"):
         evaluate_folders(interactive / "Annotations" / "480p", interactive, sequences=["tennis"])
     res = evaluate_folders(interactive / "Annotations" / "480p", interactive, skip_first_last=False)
     assert res["J&F"] == 1.0 and set(res["per_sequence"]) == {"bear", "blackswan", "tennis"}
     # judo: masks on frames 0, 5, 8, 13, one new object on each, and 00005.png is 853 px wide
-    sparse = DATA / "edge_cases" / "sparse_annotations"
+    sparse = SHARED_DATA / "edge_cases" / "sparse_annotations"
     res = evaluate_folders(sparse / "Annotations" / "480p", sparse, sequences=["judo"])
     assert res["J&F"] == 1.0
 
 
-@needs_data
+@pytest.mark.slow
+@needs_shared_data
 def test_osvos_davis2016_reference_figures():
     start = time.perf_counter()
-    res = evaluate_folders(DATA / "reference" / "osvos_davis2016_pred", DATA / "davis2016")
+    res = evaluate_folders(SHARED_DATA / "reference" / "osvos_davis2016_pred", SHARED_DATA / "davis2016")
     elapsed = time.perf_counter() - start
     assert len(res["per_sequence"]) == 20
     assert res["J&F"] == pytest.approx(0.766093, abs=1e-6)

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
+from conftest import DEFAULT_CONFIG, DEMO_CONFIG, fit_args
 from layouts import davis_to_sav, davis_to_ytvos, make_davis
-from sam2train.cli.commands import main
+from sam2train.cli import main
 from sam2train.config import load_config
 from sam2train.data.datamodule import SAM2LightningDataModule, open_data
 from sam2train.data.sampling import EpochSampler, MixedClips, apportion
@@ -230,12 +231,10 @@ def test_check_data_names_the_bad_source(sources, tmp_path, capsys) -> None:
     assert "nowhere: dataset path not found (data.train[1] (yt))" in out
 
 
-@pytest.mark.slow
 def test_fit_trains_on_mixed_sources_and_validates_on_youtube_vos(sources, tmp_path, capsys) -> None:
-    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
     config = tmp_path / "fit.yaml"
     config.write_text(
-        f"base: {json.dumps(str(demo))}\n"
+        f"base: {json.dumps(str(DEMO_CONFIG))}\n"
         "data:\n"
         "  train_path: null\n"
         f"  train: {json.dumps(_train(sources))}\n"
@@ -244,25 +243,16 @@ def test_fit_trains_on_mixed_sources_and_validates_on_youtube_vos(sources, tmp_p
         "  clip_length: 2\n"
         "  num_workers: 0\n"
     )
-    overrides = [
-        "trainer.limit_train_batches=2",
-        "trainer.max_epochs=1",
-        "trainer.limit_val_batches=1",
-        "trainer.validate_first=false",
-        "scheduler.warmup_steps=0",
-        "logging.progress_bar=none",
-        f"logging.root_dir={tmp_path}",
-    ]
-    assert main(["fit", "--config", str(config), *overrides]) == 0
+    extra = ("trainer.validate_first=false", "scheduler.warmup_steps=0")
+    assert main(fit_args(tmp_path, *extra, config=config, clip_length=None, steps=2)) == 0
     assert (tmp_path / "demo" / "version_0" / "checkpoints" / "last.ckpt").is_file()
 
 
 @pytest.mark.slow
 def test_a_mixed_run_resumed_mid_epoch_matches_an_uninterrupted_one(sources, tmp_path) -> None:
-    base = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
     config = tmp_path / "resume.yaml"
     config.write_text(
-        f"base: {json.dumps(str(base))}\n"
+        f"base: {json.dumps(str(DEFAULT_CONFIG))}\n"
         "data:\n"
         f"  train: {json.dumps(_train(sources))}\n"
         "  clip_length: 2\n"
@@ -271,20 +261,9 @@ def test_a_mixed_run_resumed_mid_epoch_matches_an_uninterrupted_one(sources, tmp
     )
 
     def fit(version: str, steps: int, *extra: str) -> dict:
-        args = [
-            "fit",
-            "--config",
-            str(config),
-            "model.image_size=128",
-            f"trainer.max_steps={steps}",
-            "trainer.deterministic=true",
-            "checkpoint.every_n_train_steps=1",
-            "logging.progress_bar=none",
-            "logging.loggers=[csv]",
-            f"logging.root_dir={tmp_path}",
-            f"logging.version={version}",
-            *extra,
-        ]
+        run = (f"trainer.max_steps={steps}", "trainer.deterministic=true", "checkpoint.every_n_train_steps=1")
+        extra = (*run, "logging.loggers=[csv]", *extra)
+        args = fit_args(tmp_path, *extra, config=config, clip_length=None, version=version)
         assert main(args) == 0
         last = tmp_path / "sam2train" / version / "checkpoints" / "last.ckpt"
         return torch.load(last, map_location="cpu", weights_only=True)

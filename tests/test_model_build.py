@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.resources
 import shutil
 
@@ -22,16 +23,26 @@ from sam2train.model import (
 )
 from sam2train.model import build as build_module
 from sam2train.model.build import resolve_model_config
+from sam2train.model.checkpoints import CONFIG_KEY, read_checkpoint
 
 TINY_SIZE = 128
 HIERA_T_PARAMS = 38_962_498
 FREE = {"maskmem_tpos_enc", "no_mem_embed", "no_mem_pos_enc", "no_obj_ptr", "no_obj_embed_spatial"}
 
 
+@pytest.fixture
+def fresh_hiera_t(hiera_t_sam2):
+    """A private copy of the official-architecture `hiera_t_sam2` (train mode, everything trainable)."""
+    model = copy.deepcopy(hiera_t_sam2).train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, tiny_sam2):
+def tiny_checkpoint(tmp_path_factory, hiera_t_sam2):
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save({"model": tiny_sam2.state_dict()}, path)
+    torch.save({"model": hiera_t_sam2.state_dict()}, path)
     return path
 
 
@@ -39,25 +50,25 @@ def test_group_names_match_config():
     assert tuple(TRAINABLE_GROUPS) == config_module.TRAINABLE_GROUPS
 
 
-def test_every_parameter_in_exactly_one_group(tiny_sam2):
-    groups = group_parameters(tiny_sam2)
+def test_every_parameter_in_exactly_one_group(hiera_t_sam2):
+    groups = group_parameters(hiera_t_sam2)
     names = [name for params in groups.values() for name, _ in params]
-    assert sorted(names) == sorted(n for n, _ in tiny_sam2.named_parameters())
+    assert sorted(names) == sorted(n for n, _ in hiera_t_sam2.named_parameters())
     assert len(names) == len(set(names))
     free = {name.split(".")[0] for name, _ in groups["free_parameters"]}
     assert free == FREE | {"mask_downsample"}
-    assert sum(p.numel() for p in tiny_sam2.parameters()) == HIERA_T_PARAMS
+    assert sum(p.numel() for p in hiera_t_sam2.parameters()) == HIERA_T_PARAMS
 
 
-def test_overlapping_prefixes_name_the_parameter(tiny_sam2, monkeypatch):
+def test_overlapping_prefixes_name_the_parameter(hiera_t_sam2, monkeypatch):
     patched = {**TRAINABLE_GROUPS, "obj_ptr_proj": ("obj_ptr_proj", "memory_encoder.out_proj")}
     monkeypatch.setattr(build_module, "TRAINABLE_GROUPS", patched)
     with pytest.raises(ValueError, match=r"memory_encoder\.out_proj\.weight.*several trainable groups"):
-        group_parameters(tiny_sam2)
+        group_parameters(hiera_t_sam2)
 
 
-def test_apply_trainable_freezes_everything_else(fresh_tiny_sam2):
-    model = fresh_tiny_sam2
+def test_apply_trainable_freezes_everything_else(fresh_hiera_t):
+    model = fresh_hiera_t
     apply_trainable(model, ["memory_attention", "memory_encoder"])
     for group, params in group_parameters(model).items():
         for name, p in params:
@@ -72,9 +83,9 @@ def test_apply_trainable_freezes_everything_else(fresh_tiny_sam2):
     assert "38,962,498" in table and f"{trainable:,}" in table and "free_parameters" in table
 
 
-def test_apply_trainable_rejects_unknown_group(fresh_tiny_sam2):
+def test_apply_trainable_rejects_unknown_group(fresh_hiera_t):
     with pytest.raises(ConfigError, match="memory_decoder"):
-        apply_trainable(fresh_tiny_sam2, ["memory_decoder"])
+        apply_trainable(fresh_hiera_t, ["memory_decoder"])
 
 
 def test_random_init_warns():
@@ -83,21 +94,21 @@ def test_random_init_warns():
     assert model.training and model.image_size == TINY_SIZE
 
 
-def test_official_checkpoint_loads_strictly(tiny_sam2, tiny_checkpoint):
+def test_official_checkpoint_loads_strictly(hiera_t_sam2, tiny_checkpoint):
     model = build_model(ModelConfig(image_size=TINY_SIZE, checkpoint=str(tiny_checkpoint)))
     assert model.training
-    expected = tiny_sam2.state_dict()
+    expected = hiera_t_sam2.state_dict()
     for key, value in model.state_dict().items():
         assert torch.equal(value, expected[key]), key
 
 
-def test_lightning_checkpoint_loads(tiny_sam2, tmp_path):
-    state = {f"model.{k}": v for k, v in tiny_sam2.state_dict().items()}
+def test_lightning_checkpoint_loads(hiera_t_sam2, tmp_path):
+    state = {f"model.{k}": v for k, v in hiera_t_sam2.state_dict().items()}
     state["loss.dummy"] = torch.zeros(1)
     path = tmp_path / "last.ckpt"
     torch.save({"state_dict": state, "epoch": 3, "hyper_parameters": {"lr": 1e-4}}, path)
     model = build_model(ModelConfig(image_size=TINY_SIZE, checkpoint=str(path)))
-    assert torch.equal(model.no_mem_embed, tiny_sam2.no_mem_embed)
+    assert torch.equal(model.no_mem_embed, hiera_t_sam2.no_mem_embed)
 
 
 def test_checkpoint_of_another_size_names_keys_and_config(tmp_path, sam2_factory):
@@ -112,8 +123,8 @@ def test_checkpoint_of_another_size_names_keys_and_config(tmp_path, sam2_factory
     assert "model.config: sam2.1_hiera_s" in msg
 
 
-def test_checkpoint_shape_mismatch_and_version(tiny_sam2, tmp_path):
-    state = dict(tiny_sam2.state_dict())
+def test_checkpoint_shape_mismatch_and_version(hiera_t_sam2, tmp_path):
+    state = dict(hiera_t_sam2.state_dict())
     state["image_encoder.trunk.patch_embed.proj.weight"] = torch.zeros(112, 3, 7, 7)
     path = tmp_path / "forged.pt"
     torch.save({"model": state}, path)
@@ -121,7 +132,9 @@ def test_checkpoint_shape_mismatch_and_version(tiny_sam2, tmp_path):
         build_model(ModelConfig(image_size=TINY_SIZE, checkpoint=str(path)))
     # A SAM 2.0 checkpoint lacks the 2.1-only tensors: missing keys, and the 2.0 config is suggested.
     state = {
-        k: v for k, v in tiny_sam2.state_dict().items() if not k.startswith(("no_obj_embed", "obj_ptr_tpos"))
+        k: v
+        for k, v in hiera_t_sam2.state_dict().items()
+        if not k.startswith(("no_obj_embed", "obj_ptr_tpos"))
     }
     torch.save({"model": state}, path)
     with pytest.raises(CheckpointError, match=r"(?s)missing keys, e\.g\. no_obj_embed_spatial.*sam2_hiera_t"):
@@ -159,3 +172,28 @@ def test_unknown_config_and_bad_yaml(tmp_path):
     path.write_text("trainer:\n  max_epochs: 1\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml.*'model:'"):
         build_model(ModelConfig(config=str(path), image_size=TINY_SIZE))
+
+
+def test_one_reader_for_every_checkpoint_kind(tmp_path):
+    """`read_checkpoint` (build_model, export and predict all use it): official, Lightning with its stored config,
+    bare state dict; errors name the flag and the file."""
+    sd = {"no_mem_embed": torch.zeros(1, 1, 4)}
+    official, lightning, bare = tmp_path / "official.pt", tmp_path / "last.ckpt", tmp_path / "bare.pt"
+    torch.save({"model": sd}, official)
+    tree = config_module.to_dict(config_module.load_config(None, [f"model.image_size={TINY_SIZE}"]))
+    torch.save({"state_dict": {"model.no_mem_embed": sd["no_mem_embed"], "loss.w": torch.ones(1)},
+                CONFIG_KEY: tree}, lightning)  # fmt: skip
+    torch.save(sd, bare)
+    for path in (official, lightning, bare):
+        contents = read_checkpoint(path)
+        assert contents.state_dict.keys() == sd.keys() and contents.path == path
+    assert read_checkpoint(official).config() is None and read_checkpoint(bare).config() is None
+    assert read_checkpoint(lightning).config().model.image_size == TINY_SIZE
+    with pytest.raises(CheckpointNotFoundError, match=r"^--ckpt: checkpoint file not found: .*nowhere\.pt"):
+        read_checkpoint(tmp_path / "nowhere.pt", "--ckpt")
+    (tmp_path / "junk.pt").write_text("junk")
+    with pytest.raises(CheckpointError, match=r"^--checkpoint .*junk\.pt: not a readable torch checkpoint"):
+        read_checkpoint(tmp_path / "junk.pt", "--checkpoint")
+    torch.save({"state_dict": {"loss.w": torch.ones(1)}}, lightning)
+    with pytest.raises(CheckpointError, match=r"last\.ckpt: Lightning checkpoint has no 'model\.' keys"):
+        read_checkpoint(lightning)

@@ -31,11 +31,12 @@ BLOCKS = 12  # hiera-t
 
 
 @pytest.fixture
-def sam2(tiny_sam2) -> torch.nn.Module:
-    """The session's tiny SAM 2, everything trainable, for tests that only read it (building optimizers and
-    stepping them without gradients changes no weight); tests that freeze parameters take `fresh_tiny_sam2`."""
-    assert all(p.requires_grad for p in tiny_sam2.parameters())
-    return tiny_sam2
+def sam2(hiera_t_sam2) -> torch.nn.Module:
+    """The session's random hiera-t (the architecture of Meta's recipe, BLOCKS trunk blocks), everything
+    trainable, for tests that only read it (building optimizers and stepping them without gradients changes no
+    weight); tests that freeze parameters take `fresh_hiera_t_sam2`."""
+    assert all(p.requires_grad for p in hiera_t_sam2.parameters())
+    return hiera_t_sam2
 
 
 def _by_param(groups: list[dict]) -> dict[torch.nn.Parameter, tuple[float, float]]:
@@ -195,8 +196,8 @@ def test_weight_decay_exemptions(sam2) -> None:
     assert none[named["memory_encoder.mask_downsampler.encoder.1.bias"]][1] == 0
 
 
-def test_frozen_parameters_absent_and_each_trainable_in_one_group(fresh_tiny_sam2) -> None:
-    model = fresh_tiny_sam2
+def test_frozen_parameters_absent_and_each_trainable_in_one_group(fresh_hiera_t_sam2) -> None:
+    model = fresh_hiera_t_sam2
     apply_trainable(model, ["image_encoder", "memory_attention"])
     cfg = OptimizerConfig(image_encoder_lr=1e-5, layer_decay=0.9, weight_decay=0.05)
     groups = param_groups(model, cfg)
@@ -288,7 +289,7 @@ def test_default_config_gives_the_previous_lrs(sam2, overrides: dict) -> None:
             s.step()
 
 
-def test_lightning_module_uses_the_groups(fresh_tiny_sam2, caplog) -> None:
+def test_lightning_module_uses_the_groups(fresh_hiera_t_sam2, caplog) -> None:
     """configure_optimizers builds the groups from `self.model` and logs each group once at info level."""
     cfg = load_config(
         None,
@@ -301,7 +302,7 @@ def test_lightning_module_uses_the_groups(fresh_tiny_sam2, caplog) -> None:
         ],
     )
     m = SAM2LightningModule(cfg)
-    m.model = fresh_tiny_sam2
+    m.model = fresh_hiera_t_sam2
     apply_trainable(m.model, ["image_encoder", "memory_attention"])
     caplog.set_level(logging.INFO, logger="sam2train")
     # a handler of our own: the CLI's handler, or propagation turned off, must not change the count

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sam2train.cli.commands import main
+from sam2train.cli import main
 from sam2train.config import load_config, to_dict
 from sam2train.viz import save_palette_png
 
@@ -27,7 +27,7 @@ SIZE, FRAMES, SEQUENCE = 256, 4, "blackswan"
 @pytest.fixture(scope="module")
 def lightning_ckpt(tmp_path_factory, sam2_factory) -> Path:
     """A Lightning-style checkpoint of a random hiera-t at 256 px whose objects are always present."""
-    model = sam2_factory(image_size=SIZE)
+    model = sam2_factory("sam2.1_hiera_t", image_size=SIZE)
     with torch.no_grad():  # random object scores sit near 0: every tracked mask would be -1024
         model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += 5.0
     path = tmp_path_factory.mktemp("ckpt") / "last.ckpt"
@@ -128,6 +128,7 @@ def _assert_same(ours: dict[str, np.ndarray], theirs: list[dict[int, np.ndarray]
             assert 0.01 < ref.mean() < 0.99, "trivial masks make parity meaningless"
 
 
+@pytest.mark.slow
 def test_predict_and_export_match_meta_predictor(lightning_ckpt, exported, meta_predictor, davis, tmp_path):
     ours = _predict(lightning_ckpt, davis["frames"], tmp_path, "--prompt-mask", str(davis["mask_png"]))
     assert list(ours) == [f"{t:05d}" for t in range(FRAMES)] and ours["00000"].shape == davis["mask"].shape
@@ -137,6 +138,7 @@ def test_predict_and_export_match_meta_predictor(lightning_ckpt, exported, meta_
     assert exported["pt"].with_suffix(".yaml").is_file()
 
 
+@pytest.mark.slow
 def test_click_prompt_matches_meta_predictor(exported, meta_predictor, davis, tmp_path):
     """Clicks in original pixels on the exported .pt (its model YAML found beside it), scaled as the predictor
     scales them (x * S / W, y * S / H)."""
@@ -148,6 +150,7 @@ def test_click_prompt_matches_meta_predictor(exported, meta_predictor, davis, tm
     _assert_same(ours, _meta_masks(meta_predictor, davis["frames"], {1: prompt}))
 
 
+@pytest.mark.slow
 def test_palette_prompt_tracks_objects_without_overlap(exported, meta_predictor, davis, tmp_path):
     """Two objects (palette ids 1 and 3) resolved at output as the predictor's non_overlap_masks resolves them."""
     mask = davis["mask"]

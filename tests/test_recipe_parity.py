@@ -14,10 +14,13 @@ import copy
 import pytest
 import torch
 
+from conftest import HIERA_T
 from sam2train.batch import PROMPT_POINT, Prompts
 from sam2train.config import PromptsConfig
 from sam2train.model import corrections
 from sam2train.model.video import run_video
+
+pytestmark = pytest.mark.slow  # parity with Meta's code, on the official hiera-t
 
 T, SIZE, CLICKS = 4, 128, 3
 COND, CORRECT = [0, 2], [0, 2, 3]
@@ -63,7 +66,7 @@ def build_sam2train(ours: torch.nn.Module) -> torch.nn.Module:
 
     from sam2train.model.build import load_model_config
 
-    cfg = load_model_config("sam2.1_hiera_t", SIZE)
+    cfg = load_model_config(HIERA_T, SIZE)
     cfg._target_ = f"{SAM2Train.__module__}.{SAM2Train.__qualname__}"
     cfg.prob_to_use_pt_input_for_train = 1.0
     cfg.prob_to_use_box_input_for_train = 0.0
@@ -134,8 +137,8 @@ def our_batch(make_video_batch):
     return batch
 
 
-def test_forward_and_steps_equal_sam2train(tiny_sam2, make_video_batch, forced_clicks):
-    ours = no_dropout(copy.deepcopy(tiny_sam2)).train()
+def test_forward_and_steps_equal_sam2train(hiera_t_sam2, make_video_batch, forced_clicks):
+    ours = no_dropout(copy.deepcopy(hiera_t_sam2)).train()
     meta = build_sam2train(ours)
     batch = our_batch(make_video_batch)
     cfg = PromptsConfig(num_correction_points=CLICKS, frames_to_correct=3, max_cond_frames=2)
@@ -165,12 +168,12 @@ def test_forward_and_steps_equal_sam2train(tiny_sam2, make_video_batch, forced_c
     assert worst < 1e-4, worst
 
 
-def test_loss_equals_meta(tiny_sam2, make_video_batch, forced_clicks):
+def test_loss_equals_meta(hiera_t_sam2, make_video_batch, forced_clicks):
     from training.loss_fns import MultiStepMultiMasksAndIous
 
     from sam2train.losses.official import SAM2OfficialLoss
 
-    ours = no_dropout(copy.deepcopy(tiny_sam2)).train()
+    ours = no_dropout(copy.deepcopy(hiera_t_sam2)).train()
     meta = build_sam2train(ours)
     batch = our_batch(make_video_batch)
     cfg = PromptsConfig(num_correction_points=CLICKS, frames_to_correct=3, max_cond_frames=2)

@@ -17,14 +17,13 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from sam2train.cli.commands import main
+from conftest import REPO, fit_args
+from sam2train.cli import main
 from sam2train.config import TRAINABLE_GROUPS, VALID_KEYS, Config, load_config
-from sam2train.data.demo import write_demo_dataset
 from sam2train.errors import ConfigError
 from sam2train.model import corrections
 from sam2train.model.feature_cache import check_cache_allowed
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 RECIPES_DOC = REPO / "docs" / "recipes.md"
 OFFICIAL = CONFIGS / "sam2.1_official_finetune.yaml"
@@ -206,13 +205,6 @@ def test_recipes_page_names_only_real_keys_files_and_commands() -> None:
 # ------------------------------------------------------------------------------------------- 2-step fits
 
 
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("demo")
-    write_demo_dataset(out, videos=4, frames=6, size=(96, 128), objects=2, seed=3)
-    return out
-
-
 @pytest.fixture
 def one_thread():
     """The fits run torch on one thread: on a small shared machine a second thread mostly waits on the first
@@ -226,31 +218,13 @@ def one_thread():
 
 
 def _fit(recipe: Path, data: Path, root: Path, clip_length: int, extra: tuple[str, ...] = ()) -> Path:
-    """2 optimizer steps of `recipe` on the demo data with a tiny random SAM 2 at 128 px on the CPU, then one
-    validation batch; returns the run folder."""
-    overrides = [
-        f"data.train_path={data / 'train'}",
-        f"data.val_path={data / 'val'}",
-        f"data.clip_length={clip_length}",
-        "data.val_clip_length=2",
-        "data.num_workers=0",
-        "model.config=sam2.1_hiera_t",
-        "model.checkpoint=null",
-        "model.image_size=128",
-        "trainer.accelerator=cpu",
-        "trainer.precision=32",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=1",
-        "trainer.accumulate_grad_batches=1",
-        "trainer.log_every_n_steps=1",
-        f"logging.root_dir={root}",
-        "logging.version=run",
-        "logging.progress_bar=none",
-        "logging.viz_every_n_epochs=0",
-        *extra,
-    ]
-    assert main(["fit", "--config", str(recipe), *overrides]) == 0
+    """2 optimizer steps of `recipe` on the demo data with the tiny random SAM 2 at 128 px on the CPU, then
+    one validation batch; returns the run folder."""
+    cpu = ["model.checkpoint=null", "trainer.accelerator=cpu", "trainer.precision=32"]
+    one_step_per_batch = ["trainer.accumulate_grad_batches=1", "trainer.log_every_n_steps=1"]
+    extra = (*cpu, *one_step_per_batch, "logging.viz_every_n_epochs=0", *extra)
+    args = fit_args(root, *extra, data=data, config=recipe, clip_length=clip_length, steps=2, version="run")
+    assert main(args) == 0
     cfg: Config = load_config(recipe)
     return root / cfg.logging.name / "run"
 
@@ -278,7 +252,6 @@ def _check_run(run: Path) -> tuple[dict, dict[str, list[float]]]:
     return final, logged
 
 
-@pytest.mark.slow
 def test_official_recipe_fits_with_sam2_loss_and_correction_clicks(
     demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
 ) -> None:
@@ -306,7 +279,6 @@ def test_official_recipe_fits_with_sam2_loss_and_correction_clicks(
     assert all(per_group[g]["trainable"] == per_group[g]["total"] for g in ALL_GROUPS)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "recipe, frozen, cache",
     [

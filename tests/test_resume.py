@@ -5,21 +5,23 @@ from __future__ import annotations
 
 import csv
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from sam2train.cli.commands import main
+from conftest import DEFAULT_CONFIG, fit_args
+from sam2train.cli import main
 from sam2train.data.demo import write_demo_dataset
 from sam2train.data.sampling import EpochSampler
+from sam2train.train.resume import restore_resume_state, save_resume_state
 
-REPO = Path(__file__).resolve().parents[1]
-BASE = REPO / "configs" / "default.yaml"
 EXE = Path(sys.executable).parent / "sam2train"
 
 
@@ -28,28 +30,15 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("resume_data")
     # 3 videos x 11 two-frame windows: a 33-step epoch, so every run here stops and resumes mid-epoch
     write_demo_dataset(out, videos=3, frames=12, size=(64, 64), objects=2, seed=3, val_videos=0)
-    return out / "train"
+    return out
 
 
 def _args(data: Path, root: Path, version: str, workers: int, *extra: str) -> list[str]:
-    return [
-        "fit",
-        "--config",
-        str(BASE),
-        f"data.train_path={data}",
-        "data.clip_length=2",
-        "data.stride=1",
-        f"data.num_workers={workers}",
-        "model.image_size=128",
-        "trainer.max_steps=4",
-        "trainer.log_every_n_steps=1",
-        "trainer.deterministic=true",
-        "logging.progress_bar=none",
-        "logging.loggers=[csv]",
-        f"logging.root_dir={root}",
-        f"logging.version={version}",
-        *extra,
-    ]
+    run = ("data.stride=1", "trainer.max_steps=4", "trainer.log_every_n_steps=1")
+    extra = (*run, "trainer.deterministic=true", "logging.loggers=[csv]", *extra)
+    return fit_args(
+        root, *extra, data=data, val=False, config=DEFAULT_CONFIG, workers=workers, version=version
+    )
 
 
 def _run_dir(root: Path, version: str) -> Path:
@@ -101,6 +90,31 @@ def test_epoch_sampler_resumes_mid_epoch_and_rolls_over_a_finished_epoch() -> No
     finished = EpochSampler(10, shuffle=True, seed=3, rank=1, world_size=2)
     finished.load_state_dict({"epoch": 2, "consumed": 5})  # all 5 of this rank's shard: on to epoch 3
     assert list(finished) == epoch3
+
+
+def _draw() -> tuple[torch.Tensor, np.ndarray, float]:
+    return torch.rand(3), np.random.rand(3), random.random()
+
+
+def test_rng_states_travel_in_a_weights_only_checkpoint_and_are_restored_only_for_fit(tmp_path: Path) -> None:
+    checkpoint: dict = {}
+    save_resume_state(checkpoint)
+    torch.save(checkpoint, tmp_path / "state.ckpt")
+    loaded = torch.load(tmp_path / "state.ckpt", weights_only=True)
+    expected = _draw()
+    restore_resume_state(
+        loaded, fitting=False
+    )  # validation or prediction from a checkpoint: RNGs as they are
+    moved_on = _draw()
+    assert not torch.equal(moved_on[0], expected[0])
+    restore_resume_state(loaded, fitting=True)
+    again = _draw()
+    assert (
+        torch.equal(again[0], expected[0])
+        and np.array_equal(again[1], expected[1])
+        and again[2] == expected[2]
+    )
+    restore_resume_state({}, fitting=True)  # a checkpoint without resume state leaves the RNGs alone
 
 
 @pytest.mark.slow

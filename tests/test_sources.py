@@ -12,15 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import SHARED_DATA, needs_shared_data
 from layouts import davis_to_coco, davis_to_per_object, davis_to_sav, make_davis, rle, save_palette
-from sam2train.data.sources.davis import DavisSource, open_source
-from sam2train.data.sources.json_formats import CocoVideoSource, SavSource, rle_counts
+from sam2train.data.sources import open_source
+from sam2train.data.sources.coco_video import CocoVideoSource
+from sam2train.data.sources.davis import DavisSource
+from sam2train.data.sources.json_rle import rle_counts
+from sam2train.data.sources.sav import SavSource
 from sam2train.errors import DataError
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_shared = pytest.mark.skipif(
-    not (SHARED / "davis2016").is_dir(), reason="../shared/data is not available"
-)
 
 
 def video(source, name):
@@ -28,9 +27,9 @@ def video(source, name):
 
 
 # ---------------------------------------------------------------------------------------------- real data
-@needs_shared
+@needs_shared_data
 def test_davis2016_binary_masks_are_object_1():
-    src = open_source(SHARED / "davis2016", videos=["blackswan"])
+    src = open_source(SHARED_DATA / "davis2016", videos=["blackswan"])
     assert isinstance(src, DavisSource) and src.resolution == "480p"
     (v,) = src.videos
     assert v.name == "blackswan" and v.object_ids == [1] and v.size == (480, 854)
@@ -42,10 +41,10 @@ def test_davis2016_binary_masks_are_object_1():
     assert img.shape == (480, 854, 3) and img.dtype == np.uint8
 
 
-@needs_shared
+@needs_shared_data
 def test_davis2017_palette_void_and_annotations_without_frames():
     with pytest.warns(UserWarning, match=r"blackswan: annotations but no frames folder"):
-        src = open_source(SHARED / "edge_cases" / "davis2017_interactive")
+        src = open_source(SHARED_DATA / "edge_cases" / "davis2017_interactive")
     assert [v.name for v in src.videos] == ["bear", "tennis"]
     assert "blackswan" in src.skipped
     tennis = video(src, "tennis")
@@ -55,10 +54,10 @@ def test_davis2017_palette_void_and_annotations_without_frames():
     assert not (fm.masks.any(0) & fm.void).any()
 
 
-@needs_shared
+@needs_shared_data
 def test_sparse_annotations_and_one_pixel_narrow_mask():
     with pytest.warns(UserWarning, match=r"judo.*00005\.png: mask is 853x480 but its frame is 854x480"):
-        src = open_source(SHARED / "edge_cases" / "sparse_annotations")
+        src = open_source(SHARED_DATA / "edge_cases" / "sparse_annotations")
     bike, judo = video(src, "bike"), video(src, "judo")
     assert len(bike) == 4 and bike.annotated == [0] and bike.object_ids == [1, 2]
     assert judo.annotated == [0, 5, 8, 13] and judo.object_ids == [1, 2, 3, 4]
@@ -371,3 +370,10 @@ def test_bad_arguments(davis: Path):
         open_source(davis, images_root=davis)
     with pytest.raises(DataError, match=r"no resolution subfolders, but resolution '480p'"):
         DavisSource(davis, resolution="480p")
+
+
+def test_the_registry_and_the_config_name_the_same_formats():
+    from sam2train.config import DATA_FORMATS
+    from sam2train.data.sources import READERS
+
+    assert tuple(READERS) == DATA_FORMATS

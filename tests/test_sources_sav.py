@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from layouts import davis_to_sav, make_davis, rle, sav_like_meta
-from sam2train.data.sources.davis import open_source
-from sam2train.data.sources.json_formats import SavSource
+from sam2train.data.sources import open_source
+from sam2train.data.sources.sav import SavSource
 from sam2train.errors import DataError
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from layouts import davis_to_ytvos, make_davis, save_palette
-from sam2train.data.sources.davis import DavisSource, open_source
+from sam2train.data.sources import open_source
+from sam2train.data.sources.davis import DavisSource
 from sam2train.data.sources.youtube_vos import YouTubeVosSource
 from sam2train.errors import DataError
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from conftest import HIERA_T
 from sam2train.batch import PROMPT_BOX, PROMPT_MASK, PROMPT_POINT, Prompts, VideoBatch
 from sam2train.model import (
     NO_OBJ_LOGIT,
@@ -78,6 +79,7 @@ def test_shapes_and_padding(fresh_tiny_sam2, make_video_batch):
 
 def test_mask_prompt_through_the_decoder(fresh_tiny_sam2, make_video_batch):
     model = fresh_tiny_sam2
+    bias_heads(model)  # an absent object's logits are a constant, with no gradient to check
     apply_trainable(model, ["sam_mask_decoder"])
     batch = make_video_batch([["mask", "box"]], t=1)
     out = run_video(model, batch, mask_prompt_passthrough=False)
@@ -289,8 +291,8 @@ def _predictor_like(model: torch.nn.Module, postprocessing: bool) -> torch.nn.Mo
 
 @pytest.fixture(scope="module")
 def parity_models(sam2_factory):
-    """Our random model at 256 px (objects always present) and Meta's predictor with the same weights."""
-    model = sam2_factory(image_size=PARITY_SIZE)
+    """Our random hiera-t at 256 px (objects always present) and Meta's predictor with the same weights."""
+    model = sam2_factory(HIERA_T, image_size=PARITY_SIZE)
     bias_heads(model)
     return model.eval(), _predictor_like(model, postprocessing=False)
 
@@ -364,11 +366,13 @@ def _check_parity(model, predictor, clip, kinds: list[str]) -> None:
         assert ((foreground > 0.01) & (foreground < 0.99)).all(), "trivial masks make parity meaningless"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kinds", [["mask"], ["box"], ["points"], ["mask", "box", "point", "points"]])
 def test_parity_with_meta_predictor(parity_models, davis_clip, kinds):
     _check_parity(*parity_models, davis_clip, kinds)
 
 
+@pytest.mark.slow
 def test_parity_when_another_multimask_ranks_first(parity_models, davis_clip):
     """With random weights mask 0 always ranks first; bias the IoU head so the choice is actually tested."""
     model, predictor = (copy.deepcopy(m) for m in parity_models)
@@ -377,6 +381,7 @@ def test_parity_when_another_multimask_ranks_first(parity_models, davis_clip):
     _check_parity(model, predictor, davis_clip, ["mask", "point"])
 
 
+@pytest.mark.slow
 def test_parity_with_the_builders_default_postprocessing(parity_models, davis_clip):
     """`set_eval_postprocessing` reproduces apply_postprocessing=True (dynamic multimask for the box, binarised
     prompted memory for the click); hole filling needs sam2._C, absent here as on most machines."""

@@ -5,16 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
-from sam2train.cli.commands import main
+from conftest import fit_args
+from sam2train.cli import main
 from sam2train.data.demo import write_demo_dataset
 from sam2train.train.pictures import IMAGE_TAG, video_pictures
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "configs" / "demo.yaml"
 GAP = 2  # sam2train.viz.strip's default gap between cells
 
 
@@ -34,29 +32,13 @@ def test_pictures_of_a_clip_without_objects(make_video_batch) -> None:
     assert sheet.shape[0] == 3 * (64 + GAP) + GAP and len(gif) == 2
 
 
-@pytest.mark.slow
 def test_fit_writes_pictures_and_a_tensorboard_image(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 
     data = tmp_path / "data"
     write_demo_dataset(data, videos=2, frames=3, size=(48, 64), objects=2, seed=1)
-    overrides = [
-        f"data.train_path={data / 'train'}",
-        f"data.val_path={data / 'val'}",
-        "data.clip_length=2",
-        "data.num_workers=0",
-        "data.val_clip_length=3",
-        "model.image_size=128",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=1",
-        "trainer.limit_val_batches=1",
-        "scheduler.warmup_steps=0",
-        f"logging.root_dir={tmp_path / 'runs'}",
-        "logging.version=v",
-        "logging.progress_bar=none",
-        "logging.viz_every_n_epochs=1",
-    ]
-    assert main(["fit", "--config", str(DEMO), *overrides]) == 0
+    extra = ("data.val_clip_length=3", "scheduler.warmup_steps=0", "logging.viz_every_n_epochs=1")
+    assert main(fit_args(tmp_path / "runs", *extra, data=data, steps=1, version="v")) == 0
     run = tmp_path / "runs" / "demo" / "v"
     pngs = sorted((run / "pictures").glob("epoch000_*.png"))
     gifs = sorted((run / "pictures").glob("epoch000_*.gif"))

@@ -5,10 +5,28 @@ Shapes use B batch, T frames, N objects (padded to the batch's largest), P promp
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any, TypeVar
 
 import torch
+
+D = TypeVar("D")
+
+
+def map_fields(fn: Callable[..., Any], obj: D, *others: D) -> D:
+    """A new dataclass of `obj`'s type whose every field is `fn(obj.field, *(o.field for o in others))`, going
+    into nested dataclass fields (a VideoBatch's Prompts) field by field. E.g. `map_fields(lambda x: x[i], p)`
+    indexes every field of `p`; `map_fields(lambda *xs: torch.cat(xs), *parts)` concatenates parts."""
+
+    def one(name: str) -> Any:
+        value, rest = getattr(obj, name), [getattr(o, name) for o in others]
+        if is_dataclass(value) and not isinstance(value, type):
+            return map_fields(fn, value, *rest)
+        return fn(value, *rest)
+
+    return type(obj)(**{f.name: one(f.name) for f in fields(obj)})  # type: ignore[arg-type]
+
 
 # Prompt kinds per object on the prompted (first) frame.
 PROMPT_NONE, PROMPT_MASK, PROMPT_BOX, PROMPT_POINT = -1, 0, 1, 2
@@ -98,27 +116,16 @@ class VideoBatch:
         return b, t, n
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> VideoBatch:
-        def move(x):
+        def move(x: Any) -> Any:
             return x.to(device, non_blocking=non_blocking) if isinstance(x, torch.Tensor) else x
 
-        prompts = Prompts(**{f.name: move(getattr(self.prompts, f.name)) for f in fields(Prompts)})
-        moved = {f.name: move(getattr(self, f.name)) for f in fields(self) if f.name != "prompts"}
-        return VideoBatch(prompts=prompts, **moved)
+        return map_fields(move, self)
 
     def pin_memory(self) -> VideoBatch:
-        def pin(x):
+        def pin(x: Any) -> Any:
             return x.pin_memory() if isinstance(x, torch.Tensor) else x
 
-        prompts = Prompts(**{f.name: pin(getattr(self.prompts, f.name)) for f in fields(Prompts)})
-        return replace(
-            self,
-            prompts=prompts,
-            **{
-                f.name: pin(getattr(self, f.name))
-                for f in fields(self)
-                if f.name not in ("prompts", "video_names")
-            },
-        )
+        return map_fields(pin, self)
 
 
 def _pad(t: torch.Tensor, dim: int, size: int, value: float | int | bool) -> torch.Tensor:

@@ -25,12 +25,11 @@ __all__ = [
     "seg2bmap",
     "sequence_scores",
     "summarize",
+    "video_jf",
 ]
 
 BOUND_TH = 0.008
 """DAVIS boundary tolerance, as a fraction of the image diagonal (8 px at 854x480)."""
-VOID_ID = 255
-"""Palette index of void pixels in DAVIS-style annotations."""
 
 ArrayLike = Tensor | np.ndarray
 
@@ -272,3 +271,31 @@ def summarize(per_object_j: Sequence[np.ndarray], per_object_f: Sequence[np.ndar
         "J_decay": j_decay,
         "F_decay": f_decay,
     }
+
+
+def video_jf(pred: Tensor, gt: Tensor, valid: Tensor) -> tuple[float, float, int]:
+    """Validation J and F of a batch: sums over the scored objects of each object's mean J and mean F, and the
+    number of objects.
+
+    pred, gt: [B, T, N, H, W] bool; valid: [B, T, N], True from each object's prompt frame on (an object
+    appearing later is scored from there). As the DAVIS / YouTube-VOS evaluators do, an object's prompt frame is
+    not scored, nor the clip's last frame when another frame is left; an object prompted on the last frame has no
+    frame to score and is not counted.
+    """
+    j_sum = f_sum = 0.0
+    count = 0
+    t = pred.shape[1]
+    for b in range(pred.shape[0]):
+        for n in valid[b].any(dim=0).nonzero().flatten().tolist():
+            first = int(valid[b, :, n].nonzero()[0]) + 1
+            last = t - 1 if t - first >= 2 else t
+            if last <= first:
+                continue
+            frames = slice(first, last)
+            scores = sequence_scores(
+                pred[b, frames, n : n + 1], gt[b, frames, n : n + 1], skip_first_last=False
+            )
+            j_sum += float(scores["J"].mean())
+            f_sum += float(scores["F"].mean())
+            count += 1
+    return j_sum, f_sum, count

@@ -2,6 +2,6 @@
 
 import sys
 
-from sam2train.cli.commands import main
+from sam2train.cli import main
 
 sys.exit(main())

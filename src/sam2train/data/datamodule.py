@@ -25,8 +25,8 @@ from sam2train.batch import VideoSample, collate_videos
 from sam2train.config import Config
 from sam2train.data.dataset import ClipDataset
 from sam2train.data.sampling import EpochSampler, MixedClips, build_index
+from sam2train.data.sources import open_source
 from sam2train.data.sources.base import SourceSpec, VideoSource, configured_sources
-from sam2train.data.sources.davis import open_source
 from sam2train.errors import DataError
 
 log = logging.getLogger("sam2train")

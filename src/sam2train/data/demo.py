@@ -9,6 +9,9 @@ frame clips are prompted on), one object per video leaves the frame and comes ba
 Layout (DAVIS): OUT/{train,val}/JPEGImages/<video>/%05d.jpg and OUT/{train,val}/Annotations/<video>/%05d.png
 (palette PNGs, pixel value = object id, 0 background; 255 void is reserved but never written), plus
 OUT/demo_dataset.json recording the parameters, which lets a rerun recognise its own output.
+
+Over 400 lines because the scene (shapes, textures, paths, occlusion) and its writer are one small generator
+that is read top to bottom; nothing else imports its parts.
 """
 
 from __future__ import annotations

@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from sam2train.batch import PROMPT_BOX, PROMPT_NAMES, PROMPT_POINT, VideoSample
 from sam2train.config import Config
 from sam2train.data.datamodule import mix_summary, open_data
 from sam2train.data.sampling import MixedClips
-from sam2train.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from sam2train.data.transforms import to_uint8_frames
 
 _MAX_AREA_FRAMES = 500  # mask-area percentiles read at most this many annotated frames (evenly spread)
 
@@ -42,22 +41,11 @@ def dataset_stats(source) -> dict:
     }
 
 
-def _denormalize(images: torch.Tensor) -> np.ndarray:
-    """[T,3,H,W] uint8 (as loaded) or normalised float -> [T,H,W,3] uint8."""
-    if images.dtype == torch.uint8:
-        return images.permute(0, 2, 3, 1).numpy()
-    images = images.float()
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    x = ((images * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).numpy()
-
-
 def clip_tiles(sample: VideoSample) -> tuple[list[np.ndarray], str]:
     """One sheet row: frames with ground-truth masks (the first also shows the prompts), and its title."""
     from sam2train.viz import draw_prompts, overlay
 
-    frames = _denormalize(sample.images)
+    frames = to_uint8_frames(sample.images)
     ids = sample.object_ids.tolist()
     masks = sample.masks.bool().numpy()
     tiles = [overlay(frames[t], masks[t], ids) for t in range(len(frames))]

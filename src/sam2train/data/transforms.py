@@ -1,6 +1,6 @@
 """Frame and mask preparation, identical for training and validation, plus clip-consistent augmentation.
 
-The square resize is done exactly as Meta's `SAM2VideoPredictor` prepares its inputs (REFERENCE.md), so a model
+The square resize is done exactly as Meta's `SAM2VideoPredictor` prepares its inputs (sam2 `utils/misc.py`), so a model
 trained here sees at validation, at `predict` time and in Meta's tools the same pixels: frames with PIL bicubic
 (aspect ratio squashed), masks bilinear with antialias then >= 0.5. Augmentations run after the resize with
 torchvision.transforms.v2 on `tv_tensors.Video` / `tv_tensors.Mask` (masks use nearest), drawing every parameter
@@ -58,6 +58,17 @@ def normalize(video: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
     return (x - mean) / std
+
+
+def to_uint8_frames(images: torch.Tensor) -> np.ndarray:
+    """[T,3,H,W] uint8 (as loaded) or `normalize`d float -> [T,H,W,3] uint8 RGB for drawing."""
+    if images.dtype == torch.uint8:
+        return images.permute(0, 2, 3, 1).numpy()
+    images = images.float()
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    x = ((images * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
 
 
 def _uniform(g: torch.Generator, low: float, high: float) -> float:

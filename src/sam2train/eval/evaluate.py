@@ -4,46 +4,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
+from sam2train.data.labels import VOID_ID, read_label_png, read_labels
 from sam2train.errors import DataError
-from sam2train.metrics import BOUND_TH, VOID_ID, boundary_f, jaccard, summarize
-
-
-def _read_png(path: Path) -> tuple[np.ndarray, str]:
-    if not path.is_file():
-        raise DataError(f"missing mask file {path}")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return np.asarray(im), im.mode
-    except OSError as e:
-        raise DataError(f"cannot read mask file {path}: {e}") from e
-
-
-def _read_labels(path: Path) -> np.ndarray:
-    """An id map [H, W] (unsigned ints) from a mask PNG: palette (P) or grayscale ids, 255 void.
-
-    A grayscale or 1-bit mask holding only 0 and 255 (DAVIS-2016, SA-V) is one object: 255 becomes id 1.
-    """
-    arr, mode = _read_png(path)
-    if mode not in ("P", "L", "1", "I", "I;16"):
-        raise DataError(f"{path}: mask mode {mode!r} is not supported; use palette (P) or grayscale (L) PNGs")
-    if mode == "1":
-        return arr.astype(np.uint8)
-    if mode == "L" and not _present_ids(arr)[1:255].any():
-        return (arr == 255).astype(np.uint8)
-    if arr.dtype.kind == "i":
-        if arr.size and (arr.min() < 0 or arr.max() > 65535):
-            raise DataError(f"{path}: object ids must lie in 0..65535")
-        arr = arr.astype(np.uint16)
-    return arr
+from sam2train.metrics import BOUND_TH, boundary_f, jaccard, summarize
 
 
 def _present_ids(labels: np.ndarray) -> np.ndarray:
@@ -87,7 +57,7 @@ class _SequenceMasks:
             return sorted(self.object_dirs)
         seen: set[int] = set()
         for frame in self.frames:
-            seen |= _id_set(_read_labels(self.folder / frame))
+            seen |= _id_set(read_labels(self.folder / frame))
         return sorted(seen - {0, VOID_ID})
 
     def read(self, frame: str, ids: list[int], *, is_gt: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +66,7 @@ class _SequenceMasks:
         lacking a file, is a DataError."""
         if not self.per_object:
             path = self.folder / frame
-            lab = _read_labels(path)
+            lab = read_labels(path)
             void = lab == VOID_ID if is_gt else np.zeros(lab.shape, dtype=bool)
             if not is_gt:
                 extra = sorted(_id_set(lab) - {0, VOID_ID, *ids})
@@ -112,7 +82,7 @@ class _SequenceMasks:
         for i in ids:
             if i not in self.object_dirs:
                 raise DataError(f"missing object folder {self.folder / f'{i:03d}'} (object {i})")
-            masks.append(_read_png(self.object_dirs[i] / frame)[0] > 0)
+            masks.append(read_label_png(self.object_dirs[i] / frame)[0] > 0)
         if len({m.shape for m in masks}) > 1:
             raise DataError(f"{self.folder}: the object masks of frame {frame} differ in size")
         stacked = np.stack(masks)
@@ -212,44 +182,59 @@ def evaluate_folders(
     if not names:
         raise DataError(f"no sequence folders in {gt_root}")
     dev = torch.device(device)
-    workers = num_workers or os.cpu_count() or 1
     threads = torch.get_num_threads()
     if dev.type == "cpu":
         torch.set_num_threads(1)
     try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        with ThreadPoolExecutor(max_workers=num_workers or os.cpu_count() or 1) as pool:
             seqs = [(_SequenceMasks(gt_root / n), _SequenceMasks(pred_root / n)) for n in names]
-            for gt, _ in seqs:
-                if skip_first_last and len(gt.frames) < 3:
-                    raise DataError(
-                        f"{gt.folder}: {len(gt.frames)} annotated frame(s) leave none to score once the first and "
-                        "last are skipped (pass skip_first_last=False)"
-                    )
-            all_ids = list(pool.map(lambda s: s[0].object_ids(), seqs))
-            jobs = []
-            for (gt, pred), ids in zip(seqs, all_ids):
-                if not ids:
-                    raise DataError(f"{gt.folder}: no object in the ground truth")
-                frames = gt.frames[1:-1] if skip_first_last else gt.frames
-                chunks = [frames[i : i + chunk] for i in range(0, len(frames), chunk)]
-                jobs.append(
-                    [pool.submit(_score_chunk, gt, pred, c, ids, bound_th, ignore_void, dev) for c in chunks]
-                )
-            all_j: list[np.ndarray] = []
-            all_f: list[np.ndarray] = []
-            per_sequence: dict[str, dict[str, float]] = {}
-            for name, futures in zip(names, jobs):
-                try:
-                    results = [fut.result() for fut in futures]
-                except BaseException:
-                    pool.shutdown(cancel_futures=True)
-                    raise
-                j = np.concatenate([r[0] for r in results], axis=1)
-                f = np.concatenate([r[1] for r in results], axis=1)
-                all_j.extend(j)
-                all_f.extend(f)
-                jm, fm = float(np.mean(j.mean(axis=1))), float(np.mean(f.mean(axis=1)))
-                per_sequence[name] = {"J": jm, "F": fm, "J&F": (jm + fm) / 2}
+            jobs = _submit_chunks(pool, seqs, skip_first_last, chunk, (bound_th, ignore_void, dev))
+            return _collect(pool, names, jobs)
     finally:
         torch.set_num_threads(threads)
+
+
+def _collect(pool: ThreadPoolExecutor, names: list[str], jobs: list[list[Future]]) -> dict[str, Any]:
+    """The overall scores and each sequence's, from the chunks' per-object J and F (pending work is cancelled
+    at the first error)."""
+    all_j: list[np.ndarray] = []
+    all_f: list[np.ndarray] = []
+    per_sequence: dict[str, dict[str, float]] = {}
+    for name, futures in zip(names, jobs):
+        try:
+            results = [fut.result() for fut in futures]
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+        j = np.concatenate([r[0] for r in results], axis=1)
+        f = np.concatenate([r[1] for r in results], axis=1)
+        all_j.extend(j)
+        all_f.extend(f)
+        jm, fm = float(np.mean(j.mean(axis=1))), float(np.mean(f.mean(axis=1)))
+        per_sequence[name] = {"J": jm, "F": fm, "J&F": (jm + fm) / 2}
     return {**summarize(all_j, all_f), "per_sequence": per_sequence}
+
+
+def _submit_chunks(
+    pool: ThreadPoolExecutor,
+    seqs: list[tuple[_SequenceMasks, _SequenceMasks]],
+    skip_first_last: bool,
+    chunk: int,
+    scoring: tuple[float, bool, torch.device],
+) -> list[list[Future]]:
+    """Check each (ground truth, prediction) pair of sequences and queue its frames in chunks for scoring."""
+    for gt, _ in seqs:
+        if skip_first_last and len(gt.frames) < 3:
+            raise DataError(
+                f"{gt.folder}: {len(gt.frames)} annotated frame(s) leave none to score once the first and "
+                "last are skipped (pass skip_first_last=False)"
+            )
+    all_ids = list(pool.map(lambda s: s[0].object_ids(), seqs))
+    jobs = []
+    for (gt, pred), ids in zip(seqs, all_ids):
+        if not ids:
+            raise DataError(f"{gt.folder}: no object in the ground truth")
+        frames = gt.frames[1:-1] if skip_first_last else gt.frames
+        chunks = [frames[i : i + chunk] for i in range(0, len(frames), chunk)]
+        jobs.append([pool.submit(_score_chunk, gt, pred, c, ids, *scoring) for c in chunks])
+    return jobs

@@ -7,98 +7,30 @@ it was trained with (image_size included), which `sam2train predict --model-conf
 config names inside the `sam2` package with Hydra, so for them the command prints the official name plus a
 `++model.image_size` override instead of the YAML's path.
 
-The checkpoint helpers here (reading any checkpoint kind, strict loading, `load_for_inference`) serve `predict`
-too. torch, sam2 and Lightning are imported inside functions so
-that building the CLI parser stays cheap.
+The checkpoint helpers here (strict loading of what `model.checkpoints.read_checkpoint` read,
+`load_for_inference`) serve `predict` too. torch, sam2 and Lightning are imported inside functions so that
+building the CLI parser stays cheap.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import pickle
 import warnings
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sam2train.errors import UserError
 
 if TYPE_CHECKING:
-    import torch
     from sam2.modeling.sam2_base import SAM2Base
 
-    from sam2train.config import Config, ModelConfig
+    from sam2train.config import ModelConfig
+    from sam2train.model.checkpoints import CheckpointContents
 
 log = logging.getLogger("sam2train")
-
-
-@dataclass
-class CheckpointContents:
-    """What a checkpoint file holds: SAM 2's weights under official keys and, for a sam2train Lightning
-    checkpoint, the resolved training config (None for official / bare state-dict files)."""
-
-    path: Path
-    state_dict: dict[str, torch.Tensor]
-    config: Config | None
-
-
-def read_checkpoint(path: str | Path, flag: str) -> CheckpointContents:
-    """Read a Lightning checkpoint (`state_dict` with `model.` keys, config under CONFIG_KEY), an official file
-    (`{"model": sd}`) or a bare state dict. Errors name `flag` and the file."""
-    import torch
-
-    from sam2train.config import config_from_dict
-    from sam2train.errors import CheckpointError, CheckpointNotFoundError
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointNotFoundError(f"{flag}: checkpoint file not found: {path}")
-    mmap = zipfile.is_zipfile(path)  # large checkpoints are mapped, not read; legacy-format files cannot be
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-        except pickle.UnpicklingError:
-            # Lightning pickles objects (callback states, ...) that the safe unpickler refuses; the user named
-            # this file as their own checkpoint.
-            obj = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
-    except Exception as exc:
-        raise CheckpointError(f"{flag} {path}: not a readable torch checkpoint ({exc})") from exc
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{flag} {path}: expected a dict, got {type(obj).__name__}")
-    if isinstance(obj.get("state_dict"), dict):
-        sd = {k[len("model.") :]: v for k, v in obj["state_dict"].items() if k.startswith("model.")}
-        if not sd:
-            raise CheckpointError(
-                f"{flag} {path}: Lightning checkpoint without 'model.' keys in its state_dict"
-            )
-        return CheckpointContents(path, sd, _stored_config(obj, path, flag, config_from_dict))
-    if isinstance(obj.get("model"), dict):
-        return CheckpointContents(path, obj["model"], None)
-    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return CheckpointContents(path, obj, None)
-    raise CheckpointError(
-        f"{flag} {path}: not a SAM 2 checkpoint (expected a sam2train Lightning checkpoint, {{'model': "
-        f"state_dict}} or a bare state dict); top-level keys: {sorted(map(str, obj))[:8]}"
-    )
-
-
-def _stored_config(obj: dict[str, Any], path: Path, flag: str, from_dict: Any) -> Config | None:
-    from sam2train.errors import ConfigError
-    from sam2train.train.module import CONFIG_KEY
-
-    tree = obj.get(CONFIG_KEY)
-    if tree is None:
-        tree = (obj.get("hyper_parameters") or {}).get("config")
-    if tree is None:
-        return None
-    try:
-        return from_dict(tree)
-    except ConfigError as exc:
-        raise ConfigError(f"{flag} {path}: the config stored in the checkpoint is invalid: {exc}") from exc
 
 
 @contextmanager
@@ -114,7 +46,7 @@ def _quiet_random_init() -> Iterator[None]:
         logger.disabled = disabled
 
 
-def build_with_weights(model_cfg: ModelConfig, contents: CheckpointContents, flag: str) -> SAM2Base:
+def build_with_weights(model_cfg: ModelConfig, contents: CheckpointContents) -> SAM2Base:
     """Instantiate SAM 2 as `model_cfg` says (CPU, train mode) and load `contents` with strict keys and shapes;
     a mismatch raises CheckpointError naming the file, the keys and the official config the weights match."""
     from sam2train.errors import CheckpointError
@@ -129,7 +61,7 @@ def build_with_weights(model_cfg: ModelConfig, contents: CheckpointContents, fla
         guess = infer_official_config(sd)
         hint = f"; the weights match the official config '{guess}'" if guess else ""
         raise CheckpointError(
-            f"{flag} {contents.path}: weights do not fit model config '{model_cfg.config}' "
+            f"{contents.source}: weights do not fit model config '{model_cfg.config}' "
             f"({len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, "
             f"{len(shapes)} shape mismatches {shapes[:3]}){hint}"
         )
@@ -147,10 +79,12 @@ def load_for_inference(
     """
     from sam2train.config import ModelConfig
     from sam2train.model.build import infer_official_config, set_eval_postprocessing
+    from sam2train.model.checkpoints import read_checkpoint
 
     contents = read_checkpoint(checkpoint, "--checkpoint")
-    if contents.config is not None:
-        base = contents.config.model
+    stored = contents.config()
+    if stored is not None:
+        base = stored.model
         model_cfg = replace(
             base, config=model_config or base.config, image_size=image_size or base.image_size
         )
@@ -165,7 +99,7 @@ def load_for_inference(
                 f"give an official config name or a model YAML{hint}"
             )
         model_cfg = ModelConfig(config=model_config, image_size=image_size or config_image_size(model_config))
-    model = build_with_weights(model_cfg, contents, "--checkpoint")
+    model = build_with_weights(model_cfg, contents)
     set_eval_postprocessing(model, True)
     return model.eval().to(device)
 
@@ -232,41 +166,23 @@ def export_checkpoint(ckpt: str | Path, out: str | Path) -> tuple[Path, Path, st
     import torch
 
     from sam2train.errors import CheckpointError
+    from sam2train.model.checkpoints import read_checkpoint
 
     out = Path(out).expanduser()
     if out.suffix != ".pt":
         raise UserError(f"--out {out}: expected a file name ending in .pt")
     contents = read_checkpoint(ckpt, "--ckpt")
-    if contents.config is None:
+    stored = contents.config()
+    if stored is None:
         raise CheckpointError(
             f"--ckpt {contents.path}: no sam2train config inside (not a checkpoint written by `sam2train fit`); "
             "an official {'model': state_dict} file needs no export"
         )
-    model_cfg = contents.config.model
-    model = build_with_weights(model_cfg, contents, "--ckpt")
+    model_cfg = stored.model
+    model = build_with_weights(model_cfg, contents)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": {k: v.detach().contiguous() for k, v in model.state_dict().items()}}, out)
     yaml_path = write_model_yaml(
         model_cfg.config, model_cfg.image_size, out.with_suffix(".yaml"), contents.path
     )
     return out, yaml_path, predictor_call(model_cfg.config, model_cfg.image_size, out, yaml_path)
-
-
-def add_export_parser(sub: argparse._SubParsersAction) -> None:
-    """Register `sam2train export --ckpt CKPT --out FILE.pt`."""
-    p = sub.add_parser(
-        "export",
-        help="write an official {'model': state_dict} file (+ model YAML) for Meta's SAM 2 tools",
-        description="Export a sam2train Lightning checkpoint to FILE.pt, which "
-        "sam2.build_sam.build_sam2_video_predictor loads with strict keys, and FILE.yaml, its model config.",
-    )
-    p.add_argument("--ckpt", "--checkpoint", dest="ckpt", required=True, help="Lightning checkpoint (.ckpt)")
-    p.add_argument("--out", required=True, type=Path, help="the .pt file to write (FILE.yaml goes beside it)")
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    weights, yaml_path, call = export_checkpoint(args.ckpt, args.out)
-    print(f"exported {args.ckpt} -> {weights} (model config: {yaml_path})")
-    print("Load it with Meta's video predictor (add device='cpu' without a GPU):")
-    print(call)
-    return 0

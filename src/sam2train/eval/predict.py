@@ -2,7 +2,7 @@
 
 The pass is `VideoTracker` (the forward that training and validation use), streamed: frames are read lazily,
 encoded `chunk` at a time, tracked one by one, and written before the next chunk is read, so memory stays bounded
-whatever the video's length. Inputs are prepared as Meta's `SAM2VideoPredictor` prepares them (REFERENCE.md): PIL
+whatever the video's length. Inputs are prepared as Meta's `SAM2VideoPredictor` prepares them (sam2 `utils/misc.py`): PIL
 bicubic squash to the model's size, /255, ImageNet norm; a mask prompt bilinear + antialias then >= 0.5; points and
 boxes scaled by S / W and S / H. Outputs are the low-res logits upsampled bilinearly to the video's size and
 thresholded at 0 after the predictor's non-overlap rule (each pixel goes to the object with the highest logit),
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from itertools import chain, islice
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,7 +44,7 @@ def _natural_key(path: Path) -> list[int | str]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
-def _import_av():
+def import_av():
     try:
         import av
     except ImportError as exc:
@@ -75,7 +75,7 @@ class FrameSource:
             for path in self.paths:
                 yield self._check(_read_image(path), path)
             return
-        av = _import_av()
+        av = import_av()
         try:
             with av.open(str(self.path)) as container:
                 for frame in container.decode(video=0):
@@ -118,7 +118,7 @@ def open_frames(path: str | Path) -> FrameSource:
         return FrameSource(path, path.name, first.shape[:2], len(paths), 24.0, paths)
     if not path.is_file():
         raise _data_error(f"--frames {path}: no such folder or video file")
-    av = _import_av()
+    av = import_av()
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -137,45 +137,33 @@ def open_frames(path: str | Path) -> FrameSource:
 
 
 def read_mask_prompt(path: str | Path, size: tuple[int, int]) -> tuple[list[int], np.ndarray]:
-    """Objects of a first-frame mask PNG -> (ids, masks [K, H, W] bool).
-
-    A palette (or index) PNG gives one object per value 1..254 (255 is void); a binary mask (only 0 and one
-    other value, e.g. 0/255 grayscale) is object 1. The PNG must have the frames' size.
-    """
+    """Objects of a first-frame mask PNG -> (ids, masks [K, H, W] bool), read under the label-PNG rule of
+    `sam2train.data.labels`: palette or grayscale values are object ids (255 void), a grayscale or 1-bit mask
+    holding only 0 and 255 is object 1; a grayscale image saved as RGB reads as grayscale. The PNG must have
+    the frames' size."""
     import numpy as np
-    from PIL import Image
+
+    from sam2train.data.labels import label_ids, read_labels
+    from sam2train.errors import DataError
 
     path = Path(path).expanduser()
     if not path.is_file():
         raise _data_error(f"--prompt-mask {path}: file not found")
     try:
-        with Image.open(path) as img:
-            mode = img.mode
-            arr = np.asarray(img if mode in ("P", "L", "I", "I;16", "1") else img.convert("RGB"))
-    except OSError as exc:
-        raise _data_error(f"--prompt-mask {path}: cannot read the image ({exc})") from exc
-    if arr.ndim == 3:
-        if not ((arr == arr[..., :1]).all()):
-            raise _data_error(
-                f"--prompt-mask {path}: a colour ({mode}) image; give a palette PNG (object id = "
-                "palette index) or a grayscale mask"
-            )
-        arr = arr[..., 0]
-    if arr.shape != size:
+        labels = read_labels(path, gray_rgb=True)
+    except DataError as exc:
+        raise _data_error(f"--prompt-mask {path}: {str(exc).replace(f' {path}', '', 1)}") from None
+    if labels.shape != size:
         raise _data_error(
-            f"--prompt-mask {path}: {arr.shape[1]}x{arr.shape[0]} (WxH) but the frames are "
+            f"--prompt-mask {path}: {labels.shape[1]}x{labels.shape[0]} (WxH) but the frames are "
             f"{size[1]}x{size[0]}"
         )
-    values = [int(v) for v in np.unique(arr) if v != 0]
-    if len(values) > 1 and 255 in values:
-        values.remove(255)  # DAVIS's void label
-    if not values:
-        raise _data_error(f"--prompt-mask {path}: empty mask (every pixel is 0): no object to track")
-    if len(values) == 1 and (mode != "P" or values == [255]):
-        return [1], (arr == values[0])[None]
-    if max(values) > 255:
-        raise _data_error(f"--prompt-mask {path}: values up to {max(values)}; object ids must be 1..254")
-    return values, np.stack([arr == v for v in values])
+    ids = label_ids(labels)
+    if not ids:
+        raise _data_error(f"--prompt-mask {path}: empty mask (every pixel is 0 or void): no object to track")
+    if max(ids) > 254:
+        raise _data_error(f"--prompt-mask {path}: values up to {max(ids)}; object ids must be 1..254")
+    return ids, np.stack([labels == i for i in ids])
 
 
 def _numbers(text: str, count: int, flag: str, what: str) -> list[float]:
@@ -259,6 +247,7 @@ def track_frames(
     """
     import torch
 
+    from sam2train.batch import map_fields
     from sam2train.data.transforms import normalize, resize_frame
     from sam2train.model.video import VideoTracker, encode_frames
 
@@ -272,7 +261,7 @@ def track_frames(
     tracker = VideoTracker(
         model, num_frames, bptt=False, mask_prompt_passthrough=model.use_mask_input_as_output_without_sam
     )
-    prompts = replace(prompts, **{f.name: getattr(prompts, f.name).to(device) for f in fields(prompts)})
+    prompts = map_fields(lambda x: x.to(device), prompts)
     n, index = prompts.kind.numel(), 0
     while batch := list(islice(frames, chunk)):
         images = torch.stack([resize_frame(f, model.image_size) for f in batch])
@@ -332,91 +321,3 @@ def predict_video(
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-
-
-def add_predict_parser(sub: argparse._SubParsersAction) -> None:
-    """Register `sam2train predict` (imports nothing heavy)."""
-    p = sub.add_parser(
-        "predict",
-        help="track first-frame prompts through a video and write palette PNGs",
-        description="Segment a video with a fine-tuned (or official) SAM 2: prompts on the first frame, masks "
-        "for every frame as DAVIS palette PNGs <out>/<video>/<frame>.png (pixel value = object id).",
-    )
-    p.add_argument(
-        "--checkpoint", "--ckpt", required=True, help="Lightning checkpoint or official/exported .pt"
-    )
-    p.add_argument(
-        "--frames", required=True, help="folder of jpg/jpeg/png frames (sorted by name) or a video"
-    )
-    p.add_argument("--out", required=True, type=Path, help="output root: PNGs go to <out>/<video name>/")
-    p.add_argument("--prompt-mask", help="first-frame mask PNG: palette (id = index) or binary (object 1)")
-    p.add_argument("--points", help="'x,y,label;...' first-frame clicks in pixels (1 positive, 0 negative)")
-    p.add_argument("--box", help="'x0,y0,x1,y1' first-frame box in pixels")
-    p.add_argument("--overlay", type=Path, help="also write masks over the frames to FILE.mp4 or FILE.gif")
-    p.add_argument(
-        "--model-config", help="config name or model YAML (for a .pt; default: FILE.yaml beside it)"
-    )
-    p.add_argument("--image-size", type=int, help="model input size (default: the checkpoint's or config's)")
-    p.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if available"
-    )
-
-
-def _check_args(args: argparse.Namespace) -> None:
-    """Argument errors found before anything is read or built."""
-    given = [f for f, v in zip(PROMPT_FLAGS, (args.prompt_mask, args.points, args.box)) if v is not None]
-    if len(given) != 1:
-        raise UserError(
-            f"give exactly one first-frame prompt: {', '.join(PROMPT_FLAGS)} (got {' and '.join(given) or 'none'})"
-        )
-    suffix = args.overlay.suffix.lower() if args.overlay is not None else None
-    if suffix not in (None, ".mp4", ".gif"):
-        raise UserError(f"--overlay {args.overlay}: the file name must end in .mp4 or .gif")
-    if suffix == ".mp4":
-        _import_av()
-    if args.image_size is not None and (args.image_size < 64 or args.image_size % 32):
-        raise UserError(f"--image-size {args.image_size}: must be a multiple of 32 and at least 64")
-    from sam2train.errors import CheckpointNotFoundError
-    from sam2train.model.build import OFFICIAL_CONFIGS, resolve_model_config
-
-    if not Path(args.checkpoint).expanduser().is_file():
-        raise CheckpointNotFoundError(f"--checkpoint: checkpoint file not found: {args.checkpoint}")
-    if args.model_config is not None:
-        try:
-            resolve_model_config(args.model_config)
-        except UserError:
-            raise UserError(
-                f"--model-config {args.model_config}: neither an official config name "
-                f"({', '.join(OFFICIAL_CONFIGS)}) nor an existing model YAML"
-            ) from None
-
-
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available (use --device cpu)")
-    return name
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    import time
-
-    from sam2train.eval.export import load_for_inference
-
-    _check_args(args)
-    source = open_frames(args.frames)
-    model_prompts(args, source.size, 64)  # validate the prompt against the frames before loading the model
-    device = _device(args.device)
-    model = load_for_inference(args.checkpoint, args.model_config, args.image_size, device)
-    ids, prompts = model_prompts(args, source.size, model.image_size)
-    start = time.time()
-    count = predict_video(model, source, ids, prompts, args.out, args.overlay)
-    seconds = time.time() - start
-    print(
-        f"{source.name}: {count} frames, objects {ids}, {model.image_size} px on {device} in {seconds:.1f} s "
-        f"-> {args.out / source.name}" + (f", overlay {args.overlay}" if args.overlay else "")
-    )
-    return 0

@@ -1,4 +1,4 @@
-"""Meta's SAM 2 training loss (`loss.type: sam2`): pure per-mask terms plus `SAM2OfficialLoss`, which weighs them.
+"""Meta's SAM 2 training loss (`loss.type: sam2`): `SAM2OfficialLoss` weighs the per-mask terms of `terms.py`.
 
 Matches `training.loss_fns.MultiStepMultiMasksAndIous` of the SAM 2 repository. Shapes: B clips, T frames,
 N objects (padded), K prompting steps per frame (step 0 is the frame's first SAM call, then correction clicks),
@@ -10,85 +10,41 @@ M multimask candidates, h x w low-res logits, S x S model input size. For every 
   candidates (`supervise_all_iou`) or taken on the selected one;
 - these three only when the object is present in the target; the object-score focal loss always.
 
-Unlike `losses.py` (means over valid masks), every term is summed over frames, steps and objects and divided by
+Unlike `training.py` (means over valid masks), every term is summed over frames, steps and objects and divided by
 the number of objects, as Meta does: a clip with more frames or more correction clicks weighs more.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from sam2train.config import Sam2LossConfig
-from sam2train.losses.training import dice_per_mask
+from sam2train.losses.base import LossOutput, VideoLoss
+from sam2train.losses.terms import (
+    dice_per_mask,
+    focal_per_mask,
+    mask_iou,
+    sigmoid_focal,
+    upsample_logits,
+)
 
-__all__ = [
-    "SAM2OfficialLoss",
-    "mask_iou",
-    "sigmoid_focal",
-    "focal_per_mask",
-    "upsample_logits",
-]
+if TYPE_CHECKING:
+    from sam2train.batch import VideoBatch
+    from sam2train.config import Sam2LossConfig
+    from sam2train.model.video import VideoOutput
+
+__all__ = ["SAM2OfficialLoss"]
 
 COMPONENTS = ("mask", "dice", "iou", "class")
 META_DICE_SMOOTH = 1.0
 """Meta's dice adds 1 to numerator and denominator (not a small epsilon)."""
 
 
-def sigmoid_focal(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
-    """Elementwise sigmoid focal loss (RetinaNet): BCE * (1 - p_t)^gamma, times alpha_t when alpha >= 0.
-
-    logits, targets: [...] float (targets 0/1). Returns [...]. alpha = -1, gamma = 0 is plain BCE.
-    """
-    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    if gamma != 0:
-        prob = torch.sigmoid(logits)
-        p_t = prob * targets + (1 - prob) * (1 - targets)
-        loss = loss * ((1 - p_t) ** gamma)
-    if alpha >= 0:
-        loss = loss * (alpha * targets + (1 - alpha) * (1 - targets))
-    return loss
-
-
-def focal_per_mask(
-    logits: Tensor, targets: Tensor, keep: Tensor | None = None, alpha: float = 0.25, gamma: float = 2.0
-) -> Tensor:
-    """`sigmoid_focal` averaged over the kept pixels of each mask.
-
-    logits, targets: [..., H, W]; keep: bool broadcastable to them, True = pixel counts (None: all).
-    Returns [...]; 0 for a mask with no kept pixel.
-    """
-    per_pixel = sigmoid_focal(logits, targets, alpha, gamma)
-    if keep is None:
-        return per_pixel.mean(dim=(-2, -1))
-    count = keep.expand_as(per_pixel).sum(dim=(-2, -1)).clamp(min=1)
-    return torch.where(keep, per_pixel, 0.0).sum(dim=(-2, -1)) / count
-
-
-def mask_iou(logits: Tensor, targets: Tensor, keep: Tensor | None = None) -> Tensor:
-    """True IoU of the thresholded masks `logits > 0` and `targets > 0` over the kept pixels (no gradient).
-
-    logits, targets: [..., H, W]; keep as in `focal_per_mask`. Returns [...] float32; 0 when the union is empty.
-    """
-    pred, gt = logits > 0, targets > 0
-    if keep is not None:
-        pred, gt = pred & keep, gt & keep
-    inter = (pred & gt).sum(dim=(-2, -1)).float()
-    union = (pred | gt).sum(dim=(-2, -1)).float()
-    return inter / union.clamp(min=1)
-
-
-def upsample_logits(logits: Tensor, size: int) -> Tensor:
-    """[R, M, h, w] low-res logits -> [R, M, size, size], bilinear as SAM 2's `_forward_sam_heads`."""
-    if logits.shape[-2:] == (size, size):
-        return logits
-    return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
-
-
-class SAM2OfficialLoss(nn.Module):
+class SAM2OfficialLoss(VideoLoss):
     """Meta's multi-step multimask loss: focal + dice on the best candidate, IoU regression, object score.
 
     total = (mask_weight * mask + dice_weight * dice + iou_weight * iou + class_weight * class), each term
@@ -128,6 +84,7 @@ class SAM2OfficialLoss(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Sam2LossConfig) -> SAM2OfficialLoss:
+        """The loss of the config's `loss.sam2` section (`loss.type: sam2`)."""
         return cls(
             mask_weight=cfg.mask_weight,
             dice_weight=cfg.dice_weight,
@@ -148,6 +105,23 @@ class SAM2OfficialLoss(nn.Module):
             f"class_focal_alpha={self.class_focal_alpha}, class_focal_gamma={self.class_focal_gamma}, "
             f"iou_loss={self.iou_loss}, supervise_all_iou={self.supervise_all_iou}"
         )
+
+    @property
+    def term_names(self) -> tuple[str, ...]:
+        """mask, dice, iou, class (each reported, even with weight 0)."""
+        return COMPONENTS
+
+    def video_loss(self, out: VideoOutput, batch: VideoBatch) -> LossOutput:
+        """The loss of every prompting step of the video pass, on the valid frames and objects."""
+        total, terms = self(
+            out.step_multimask_logits,
+            out.step_iou_pred,
+            out.step_object_score_logits,
+            out.step_valid & batch.valid[..., None],
+            batch.masks,
+            ignore_mask=batch.ignore,
+        )
+        return LossOutput(total, terms)
 
     def forward(
         self,
@@ -178,7 +152,6 @@ class SAM2OfficialLoss(nn.Module):
             step_logits, step_iou_pred, step_object_score_logits, step_valid, target_masks, ignore_mask
         )
         device = step_logits.device
-        size = target_masks.shape[-1]
         with torch.autocast(device_type=device.type, enabled=False):
             valid = step_valid.to(device=device, dtype=torch.bool)
             norm = self._num_objects(valid, num_objects)
@@ -194,24 +167,39 @@ class SAM2OfficialLoss(nn.Module):
             else:
                 targets = target_masks.to(device)
                 ignore = None if ignore_mask is None else ignore_mask.to(device=device, dtype=torch.bool)
-                rows = max(1, self.chunk_pixels // (logits.shape[1] * size * size))
-                chunks = zip(
-                    logits.split(rows),
-                    ious.split(rows),
-                    scores.split(rows),
-                    b_idx.split(rows),
-                    t_idx.split(rows),
-                    n_idx.split(rows),
-                    strict=True,
-                )
-                per_chunk = [self._chunk(targets, ignore, *chunk) for chunk in chunks]
-                sums = {key: torch.stack([c[i] for c in per_chunk]).sum() for i, key in enumerate(COMPONENTS)}
+                sums = self._summed_terms(targets, ignore, logits, ious, scores, (b_idx, t_idx, n_idx))
             components = {key: sums[key] / norm for key in COMPONENTS}
             total = sum(
                 (self.weights[key] * components[key] for key in COMPONENTS if self.weights[key] != 0),
                 start=components["mask"].new_zeros(()),
             )
         return total, components
+
+    def _summed_terms(
+        self,
+        targets: Tensor,
+        ignore: Tensor | None,
+        logits: Tensor,
+        ious: Tensor,
+        scores: Tensor,
+        where: tuple[Tensor, Tensor, Tensor],
+    ) -> dict[str, Tensor]:
+        """The four terms summed over the V valid rows (logits [V, M, h, w], ious [V, M], scores [V], `where` the
+        rows' (b, t, n) indices [V] each), in chunks of about `chunk_pixels` high-res pixels."""
+        size = targets.shape[-1]
+        rows = max(1, self.chunk_pixels // (logits.shape[1] * size * size))
+        b_idx, t_idx, n_idx = where
+        chunks = zip(
+            logits.split(rows),
+            ious.split(rows),
+            scores.split(rows),
+            b_idx.split(rows),
+            t_idx.split(rows),
+            n_idx.split(rows),
+            strict=True,
+        )
+        per_chunk = [self._chunk(targets, ignore, *chunk) for chunk in chunks]
+        return {key: torch.stack([c[i] for c in per_chunk]).sum() for i, key in enumerate(COMPONENTS)}
 
     def _chunk(
         self,

@@ -1,4 +1,5 @@
-"""Training losses: pure per-mask terms plus `SAM2TrainingLoss`, the module that weighs them.
+"""The spec's training loss `SAM2TrainingLoss` (`loss.type: sam2train`), the module that weighs the pure terms of
+`terms.py`.
 
 Shapes: B clips, T frames, N objects (padded), H x W pixels. Every term is first reduced to one value per mask
 [B, T, N] (a mean or ratio over the pixels that are not void), then averaged over the valid (b, t, n) entries, so
@@ -7,98 +8,41 @@ the loss is a mean over valid objects and frames: its scale does not change with
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-__all__ = [
-    "SAM2TrainingLoss",
-    "bce_per_mask",
-    "dice_per_mask",
-    "iou_per_mask",
-    "temporal_per_mask",
-    "valid_mean",
-]
+from sam2train.losses.base import LossOutput, VideoLoss
+from sam2train.losses.terms import (
+    bce_per_mask,
+    dice_per_mask,
+    iou_per_mask,
+    temporal_per_mask,
+    valid_mean,
+)
 
+if TYPE_CHECKING:
+    from sam2train.batch import VideoBatch
+    from sam2train.config import LossConfig
+    from sam2train.model.video import VideoOutput
 
-def _pixel_mean(values: Tensor, keep: Tensor | None) -> Tensor:
-    """Mean over the last two axes of `values` [..., H, W], over the pixels where `keep` (broadcastable) is 1.
+__all__ = ["SAM2TrainingLoss"]
 
-    A mask whose pixels are all excluded gives 0 (the count is clamped to 1, so no 0/0 and no NaN gradient).
-    """
-    if keep is None:
-        return values.mean(dim=(-2, -1))
-    count = keep.expand_as(values).sum(dim=(-2, -1)).clamp(min=1)
-    return (values * keep).sum(dim=(-2, -1)) / count
-
-
-def bce_per_mask(logits: Tensor, targets: Tensor, keep: Tensor | None = None) -> Tensor:
-    """Binary cross-entropy with logits, averaged over the kept pixels of each mask.
-
-    logits, targets: [..., H, W] float (targets 0/1); keep: broadcastable to them, 1 = pixel counts (None: all).
-    Returns [...]; 0 for a mask with no kept pixel.
-    """
-    per_pixel = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    return _pixel_mean(per_pixel, keep)
+MASK_TERMS = ("bce", "dice", "iou", "temporal")
+"""The spec's four terms, always reported."""
 
 
-def _soft_sums(probs: Tensor, targets: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """sum(p*y), sum(p), sum(y) over the kept pixels of each mask: three [...] tensors."""
-    if keep is not None:
-        probs, targets = probs * keep, targets * keep
-    return (probs * targets).sum(dim=(-2, -1)), probs.sum(dim=(-2, -1)), targets.sum(dim=(-2, -1))
-
-
-def dice_per_mask(probs: Tensor, targets: Tensor, keep: Tensor | None = None, smooth: float = 1e-6) -> Tensor:
-    """Soft dice loss 1 - (2 sum(p y) + s) / (sum(p) + sum(y) + s) per mask.
-
-    probs, targets: [..., H, W] in [0, 1]; keep as in `bce_per_mask`. Returns [...] (0 when no pixel is kept).
-    """
-    inter, sum_p, sum_y = _soft_sums(probs, targets, keep)
-    return 1 - (2 * inter + smooth) / (sum_p + sum_y + smooth)
-
-
-def iou_per_mask(probs: Tensor, targets: Tensor, keep: Tensor | None = None, smooth: float = 1e-6) -> Tensor:
-    """Soft IoU (Jaccard) loss 1 - (sum(p y) + s) / (sum(p) + sum(y) - sum(p y) + s) per mask.
-
-    probs, targets: [..., H, W] in [0, 1]; keep as in `bce_per_mask`. Returns [...] (0 when no pixel is kept).
-    """
-    inter, sum_p, sum_y = _soft_sums(probs, targets, keep)
-    return 1 - (inter + smooth) / (sum_p + sum_y - inter + smooth)
-
-
-def temporal_per_mask(probs: Tensor, targets: Tensor, keep: Tensor | None = None) -> Tensor:
-    """Temporal consistency: mean over kept pixels of ((p[t] - p[t-1]) - (y[t] - y[t-1]))^2, for t >= 1.
-
-    The predicted change between consecutive frames is pushed towards the true change, so a mask that flickers
-    where the object does not move costs, and one that follows the motion does not.
-    probs, targets: [B, T, N, H, W]; keep: [B, T, 1, H, W] (or None), a pixel counts for the pair (t-1, t) only
-    when it is kept in both frames. Returns [B, T-1, N] (empty along T when T = 1).
-    """
-    diff = (probs[:, 1:] - probs[:, :-1]) - (targets[:, 1:] - targets[:, :-1])
-    pair_keep = None if keep is None else keep[:, 1:] * keep[:, :-1]
-    return _pixel_mean(diff.square(), pair_keep)
-
-
-def valid_mean(values: Tensor, valid: Tensor) -> Tensor:
-    """sum(valid * values) / max(sum(valid), 1): a 0-dim mean over the valid entries, 0 when there are none.
-
-    values: [...] float; valid: [...] bool (or 0/1) of the same shape. Invalid entries are selected out with
-    `torch.where`, not multiplied by 0, so a non-finite value in a padded slot (e.g. from a -inf logit) cannot
-    turn the result into NaN.
-    """
-    valid = valid.bool()
-    picked = torch.where(valid, values, torch.zeros_like(values))
-    return picked.sum() / valid.sum().clamp(min=1)
-
-
-class SAM2TrainingLoss(nn.Module):
+class SAM2TrainingLoss(VideoLoss):
     """Weighted sum of BCE, soft dice, soft IoU and temporal consistency, each a mean over valid masks.
 
     total = bce_weight * bce + dice_weight * dice + iou_weight * iou + temporal_weight * temporal
+            (+ object_score_weight * object_score when object-score logits are given)
 
     Computed in float32 whatever the input dtype (bf16/fp16 logits are cast up and autocast is disabled inside),
-    with BCE from `F.binary_cross_entropy_with_logits` (stable for large logits).
+    with BCE from `F.binary_cross_entropy_with_logits` (stable for large logits). The defaults are those of the
+    config's `loss` section.
     """
 
     def __init__(
@@ -108,7 +52,7 @@ class SAM2TrainingLoss(nn.Module):
         iou_weight: float = 0.5,
         temporal_weight: float = 0.1,
         smooth: float = 1e-6,
-        object_score_weight: float = 0.0,
+        object_score_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.bce_weight = bce_weight
@@ -118,12 +62,42 @@ class SAM2TrainingLoss(nn.Module):
         self.smooth = smooth
         self.object_score_weight = object_score_weight
 
+    @classmethod
+    def from_config(cls, cfg: LossConfig) -> SAM2TrainingLoss:
+        """The loss of the config's `loss` section (`loss.type: sam2train`)."""
+        return cls(
+            bce_weight=cfg.bce_weight,
+            dice_weight=cfg.dice_weight,
+            iou_weight=cfg.iou_weight,
+            temporal_weight=cfg.temporal_weight,
+            smooth=cfg.smooth,
+            object_score_weight=cfg.object_score_weight,
+        )
+
     def extra_repr(self) -> str:
         return (
             f"bce_weight={self.bce_weight}, dice_weight={self.dice_weight}, iou_weight={self.iou_weight}, "
             f"temporal_weight={self.temporal_weight}, smooth={self.smooth}, "
             f"object_score_weight={self.object_score_weight}"
         )
+
+    @property
+    def term_names(self) -> tuple[str, ...]:
+        """bce, dice, iou, temporal; and object_score when its weight is not 0."""
+        return (*MASK_TERMS, "object_score") if self.object_score_weight > 0 else MASK_TERMS
+
+    def video_loss(self, out: VideoOutput, batch: VideoBatch) -> LossOutput:
+        """The loss of the kept masks `out.mask_logits` on the valid entries that have a prediction; the
+        object-score term only when its weight is not 0."""
+        total, terms = self(
+            out.mask_logits,
+            batch.masks,
+            batch.valid & out.active,
+            return_components=True,
+            ignore_mask=batch.ignore,
+            object_score_logits=out.object_score_logits if self.object_score_weight > 0 else None,
+        )
+        return LossOutput(total, terms)
 
     def forward(
         self,
@@ -164,19 +138,7 @@ class SAM2TrainingLoss(nn.Module):
             keep = None
             if ignore_mask is not None:
                 keep = (~ignore_mask.to(device=pred_masks.device, dtype=torch.bool)).float().unsqueeze(2)
-            probs = torch.sigmoid(logits)
-
-            components = {
-                "bce": valid_mean(bce_per_mask(logits, targets, keep), valid),
-                "dice": valid_mean(dice_per_mask(probs, targets, keep, self.smooth), valid),
-                "iou": valid_mean(iou_per_mask(probs, targets, keep, self.smooth), valid),
-            }
-            if t > 1:
-                components["temporal"] = valid_mean(
-                    temporal_per_mask(probs, targets, keep), valid[:, 1:] & valid[:, :-1]
-                )
-            else:
-                components["temporal"] = logits.new_zeros(())
+            components = self._mask_terms(logits, targets, valid, keep)
             total = (
                 self.bce_weight * components["bce"]
                 + self.dice_weight * components["dice"]
@@ -184,14 +146,29 @@ class SAM2TrainingLoss(nn.Module):
                 + self.temporal_weight * components["temporal"]
             )
             if object_score_logits is not None:
-                present = targets.flatten(3).amax(dim=3)  # [B, T, N]: the object is in the frame
-                scores = object_score_logits.to(device=pred_masks.device, dtype=torch.float32)
-                per = F.binary_cross_entropy_with_logits(scores, present, reduction="none")
-                components["object_score"] = valid_mean(per, valid)
+                components["object_score"] = _object_score_term(object_score_logits, targets, valid)
                 total = total + self.object_score_weight * components["object_score"]
         if return_components:
             return total, components
         return total
+
+    def _mask_terms(
+        self, logits: Tensor, targets: Tensor, valid: Tensor, keep: Tensor | None
+    ) -> dict[str, Tensor]:
+        """The four unweighted terms (0-dim each) from float32 logits and targets [B, T, N, H, W], valid
+        [B, T, N] bool and keep [B, T, 1, H, W] (or None)."""
+        probs = torch.sigmoid(logits)
+        terms = {
+            "bce": valid_mean(bce_per_mask(logits, targets, keep), valid),
+            "dice": valid_mean(dice_per_mask(probs, targets, keep, self.smooth), valid),
+            "iou": valid_mean(iou_per_mask(probs, targets, keep, self.smooth), valid),
+        }
+        if logits.shape[1] > 1:
+            pair_valid = valid[:, 1:] & valid[:, :-1]
+            terms["temporal"] = valid_mean(temporal_per_mask(probs, targets, keep), pair_valid)
+        else:
+            terms["temporal"] = logits.new_zeros(())
+        return terms
 
     @staticmethod
     def _check_shapes(pred: Tensor, target: Tensor, valid: Tensor | None, ignore: Tensor | None) -> None:
@@ -210,3 +187,12 @@ class SAM2TrainingLoss(nn.Module):
             raise ValueError(
                 f"ignore_mask must be [B, T, H, W] = {expected_ignore}, got {tuple(ignore.shape)}"
             )
+
+
+def _object_score_term(scores: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
+    """BCE of the object-presence logits [B, T, N] against "the target [B, T, N, H, W] is non-empty", a mean
+    over the valid [B, T, N] entries (0-dim float32)."""
+    present = targets.flatten(3).amax(dim=3)  # [B, T, N]: the object is in the frame
+    scores = scores.to(device=targets.device, dtype=torch.float32)
+    per = F.binary_cross_entropy_with_logits(scores, present, reduction="none")
+    return valid_mean(per, valid)

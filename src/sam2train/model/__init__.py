@@ -15,9 +15,9 @@ from sam2train.model.build import (
     load_checkpoint,
     parameter_group,
     parameter_report,
-    read_state_dict,
     set_eval_postprocessing,
 )
+from sam2train.model.checkpoints import CONFIG_KEY, CheckpointContents, read_checkpoint
 from sam2train.model.video import (
     NO_OBJ_LOGIT,
     FrameFeatures,
@@ -42,7 +42,9 @@ __all__ = [
     "load_checkpoint",
     "parameter_group",
     "parameter_report",
-    "read_state_dict",
+    "CONFIG_KEY",
+    "CheckpointContents",
+    "read_checkpoint",
     "set_eval_postprocessing",
     "NO_OBJ_LOGIT",
     "FrameFeatures",

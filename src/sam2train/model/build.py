@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
-import pickle
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from sam2train import config as _config
 from sam2train.config import ModelConfig
-from sam2train.errors import CheckpointError, CheckpointNotFoundError, ConfigError
+from sam2train.errors import CheckpointError, ConfigError
+from sam2train.model.checkpoints import read_checkpoint
 
 if TYPE_CHECKING:
     from sam2.modeling.sam2_base import SAM2Base
@@ -129,40 +129,6 @@ def build_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> SAM2Bas
 # --------------------------------------------------------------------------------------------- checkpoints
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The SAM 2 state dict in an official (`{"model": sd}`), Lightning (`state_dict` with `model.` keys) or
-    bare state-dict file."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointNotFoundError(f"checkpoint file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Lightning checkpoints may pickle objects (hyper-parameters, callback states) that the safe
-        # unpickler refuses; the user named this file as their own checkpoint.
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise CheckpointError(f"{path}: not a readable torch checkpoint: {exc}") from exc
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a dict, got {type(obj).__name__}")
-    if isinstance(obj.get("model"), dict):
-        return obj["model"]
-    if isinstance(obj.get("state_dict"), dict):
-        sd = {k[len("model.") :]: v for k, v in obj["state_dict"].items() if k.startswith("model.")}
-        if not sd:
-            raise CheckpointError(f"{path}: Lightning checkpoint has no 'model.' keys in its state_dict")
-        return sd
-    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj
-    raise CheckpointError(
-        f"{path}: not a SAM 2 checkpoint (expected {{'model': state_dict}}, a Lightning checkpoint with "
-        f"'state_dict', or a bare state dict); top-level keys: {sorted(obj)[:10]}"
-    )
-
-
 def infer_official_config(state_dict: dict[str, torch.Tensor]) -> str | None:
     """The official config name whose architecture matches `state_dict` (None if none does)."""
     patch = state_dict.get("image_encoder.trunk.patch_embed.proj.weight")
@@ -187,7 +153,7 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path, config_name: str |
     Raises CheckpointError naming the file, a few missing / unexpected keys and shape mismatches, and the official
     config the checkpoint matches.
     """
-    sd = read_state_dict(path)
+    sd = read_checkpoint(path).state_dict
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))

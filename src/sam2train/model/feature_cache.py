@@ -2,8 +2,9 @@
 
 What is cached is the image encoder's output (`backbone_fpn`, every level) of one frame, BEFORE the mask decoder's
 high-res projections `conv_s0` / `conv_s1`, which `encode_frames` applies next: those belong to the decoder and
-may train. `CachedEncoder.encode` loads or computes the encoder output, then applies the projections and SAM 2's
-flattening (`features_from_backbone`), so it returns what `encode_frames` returns, up to fp16 rounding.
+may train. `CachedEncoder.encode` loads or computes the encoder output (`run_image_encoder`), then applies the
+projections and SAM 2's flattening (`features_from_backbone`), the same two halves as `encode_frames`, so it
+returns what `encode_frames` returns, up to fp16 rounding.
 
 Layout under `<root>/<hash of the key>/`:
 - `key.json`: the key (checkpoint, config, resolution, dtype, encoder weights' fingerprint, version), for people;
@@ -26,7 +27,6 @@ import importlib.metadata
 import json
 import os
 import re
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +36,8 @@ import torch
 
 from sam2train.config import Config, ModelConfig
 from sam2train.errors import ConfigError
-from sam2train.model.tracker import FrameFeatures
+from sam2train.files import atomic_write
+from sam2train.model.encoder import FrameFeatures, features_from_backbone, run_image_encoder
 
 if TYPE_CHECKING:
     from sam2.modeling.sam2_base import SAM2Base
@@ -131,19 +132,6 @@ def frame_keys(batch: VideoBatch, start: int = 0, stop: int | None = None) -> li
 # --------------------------------------------------------------------------------------------- storage
 
 
-def _atomic_write(path: Path, *chunks: bytes | memoryview) -> None:
-    """Write to a temporary file beside `path` and rename it into place (readers see all or nothing)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class FeatureCache:
     """Per-frame image-encoder features in float16 files under `root/<hash of key>` (see the module docstring).
 
@@ -160,7 +148,8 @@ class FeatureCache:
         self._shapes: list[tuple[int, int, int]] | None = None
         self._pos: list[torch.Tensor] | None = None
         if not (self.directory / "key.json").is_file():
-            _atomic_write(self.directory / "key.json", json.dumps(key, indent=1, sort_keys=True).encode())
+            with atomic_write(self.directory / "key.json") as f:
+                f.write(json.dumps(key, indent=1, sort_keys=True).encode())
         self._load_layout()
 
     @property
@@ -195,14 +184,10 @@ class FeatureCache:
                     f"{self.directory}: cached levels {self._shapes} but the encoder gives {shapes}"
                 )
             return
-        path = self.directory / "pos.pt"
-        tmp = path.with_name(f".pos.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            torch.save([p.detach().float().cpu().contiguous() for p in pos], tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _atomic_write(self.directory / "layout.json", json.dumps({"shapes": shapes}).encode())
+        with atomic_write(self.directory / "pos.pt") as f:
+            torch.save([p.detach().float().cpu().contiguous() for p in pos], f)
+        with atomic_write(self.directory / "layout.json") as f:
+            f.write(json.dumps({"shapes": shapes}).encode())
         self._load_layout()
 
     def frame_path(self, frame: FrameKey) -> Path:
@@ -247,33 +232,12 @@ class FeatureCache:
         if flat.numel() != self.frame_numel:
             raise ValueError(f"frame {frame}: {flat.numel()} values, the layout holds {self.frame_numel}")
         data = flat.detach().to(device="cpu", dtype=torch.float16).contiguous().numpy()
-        _atomic_write(self.frame_path(frame), memoryview(data).cast("B"), self._footer(frame))
+        with atomic_write(self.frame_path(frame)) as f:
+            f.write(memoryview(data).cast("B"))
+            f.write(self._footer(frame))
 
 
 # --------------------------------------------------------------------------------------------- encoder
-
-
-def encode_backbone(model: SAM2Base, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The image encoder alone, without gradient: `backbone_fpn` and `vision_pos_enc`, per level [F, C, h, w]
-    (highest resolution first), for `images` [F, 3, S, S] (normalised). The first half of `encode_frames`."""
-    with torch.no_grad():
-        out = model.image_encoder(images)
-    return list(out["backbone_fpn"]), list(out["vision_pos_enc"])
-
-
-def features_from_backbone(
-    model: SAM2Base, fpn: list[torch.Tensor], pos: list[torch.Tensor]
-) -> FrameFeatures:
-    """The second half of `encode_frames`: the mask decoder's high-res projections (with their gradient when
-    they train) and SAM 2's flattening, from per level [F, C, h, w] encoder outputs and encodings."""
-    fpn = list(fpn)
-    if model.use_high_res_features_in_sam:
-        fpn[0] = model.sam_mask_decoder.conv_s0(fpn[0])
-        fpn[1] = model.sam_mask_decoder.conv_s1(fpn[1])
-    _, feats, flat_pos, sizes = model._prepare_backbone_features(
-        {"backbone_fpn": fpn, "vision_pos_enc": list(pos)}
-    )
-    return FrameFeatures(feats=feats, pos=flat_pos, sizes=sizes)
 
 
 class CachedEncoder:
@@ -316,7 +280,9 @@ class CachedEncoder:
 
     def _encode_misses(self, images: torch.Tensor, keys: list[FrameKey], miss: list[int]) -> torch.Tensor:
         """Encode the missing frames, write them, and return them as [m, D] float16 on the images' device."""
-        fpn, pos = encode_backbone(self.model, images[torch.tensor(miss, device=images.device)])
+        fpn, pos = run_image_encoder(
+            self.model, images[torch.tensor(miss, device=images.device)], frozen=True
+        )
         flat = torch.cat([x.flatten(1) for x in fpn], dim=1)
         half = flat.to(torch.float16)
         if bool(torch.isinf(half).any()) and not bool(torch.isinf(flat).any()):

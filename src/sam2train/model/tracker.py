@@ -1,12 +1,12 @@
 """SAM 2's per-frame tracking step over `SAM2Base`, for many objects at once.
 
-`encode_frames` runs the image encoder once over many frames; `VideoTracker` tracks a set of objects through one
-video (or several clips at once) with SAM 2's memory bank: `prompt` on each conditioning frame (with correction
-clicks when asked), `step` on the others. Only `SAM2Base`'s per-frame primitives are called
-(`_prepare_backbone_features`, `_prepare_memory_conditioned_features`, `_forward_sam_heads`, `_use_mask_as_output`,
-`_encode_new_memory`, pinned by sam2==1.1.0). `model/video.py` unrolls it over a batch.
+`VideoTracker` tracks a set of objects through one video (or several clips at once) with SAM 2's memory bank,
+on the per-frame features of `model/encoder.py`: `prompt` on each conditioning frame (with correction clicks when
+asked), `step` on the others. Only `SAM2Base`'s per-frame primitives are called
+(`_prepare_memory_conditioned_features`, `_forward_sam_heads`, `_use_mask_as_output`, `_encode_new_memory`,
+pinned by sam2==1.1.0). `model/video.py` unrolls it over a batch.
 
-Choices that decide the numbers (see docs/REFERENCE.md, "Matching Meta's predictor"):
+Choices that decide the numbers (tested against `SAM2VideoPredictor` frame by frame in tests/test_video_pass.py):
 - Memory of a prompted frame is encoded from its low-res logits upsampled to the input size, as
   `SAM2VideoPredictor` does, in training too (Meta's `SAM2Train` encodes the exact +-10 mask instead; the two
   differ only for mask prompts, by ~4e-4 in logits; `memory_from_low_res=False` gives Meta's). Training thus sees
@@ -21,67 +21,22 @@ Choices that decide the numbers (see docs/REFERENCE.md, "Matching Meta's predict
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from sam2train.batch import PROMPT_BOX, PROMPT_MASK, PROMPT_POINT, Prompts
+from sam2train.batch import Prompts, map_fields
 from sam2train.model.corrections import Clicker
+from sam2train.model.encoder import FrameFeatures
+from sam2train.model.prompt_groups import group_prompts
 
 if TYPE_CHECKING:
     from sam2.modeling.sam2_base import SAM2Base
 
 NO_OBJ_LOGIT = -1024.0
 """Logit of padded objects (and of SAM 2's masks when the object score says 'absent')."""
-
-
-@dataclass
-class FrameFeatures:
-    """Backbone features of F frames, flattened as SAM 2's per-frame methods take them.
-
-    feats: per level, highest resolution first, [h_l * w_l, F, C_l]
-    pos:   per level [h_l * w_l, F, C_l] (sine encodings, identical for every frame)
-    sizes: per level (h_l, w_l)
-    """
-
-    feats: list[torch.Tensor]
-    pos: list[torch.Tensor]
-    sizes: list[tuple[int, int]]
-
-    def gather(self, frame_index: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Features for n objects, object i on frame `frame_index[i]` ([n] long): per level [HW, n, C].
-
-        Objects on one frame share it through `expand` (no copy); otherwise `index_select` copies once per object.
-        """
-        n = frame_index.numel()
-        pos = [p[:, :1].expand(-1, n, -1) for p in self.pos]
-        first = int(frame_index[0])
-        if bool((frame_index == first).all()):
-            return [f[:, first : first + 1].expand(-1, n, -1) for f in self.feats], pos
-        index = frame_index.to(self.feats[0].device)
-        return [f.index_select(1, index) for f in self.feats], pos
-
-
-def encode_frames(model: SAM2Base, images: torch.Tensor, frozen: bool | None = None) -> FrameFeatures:
-    """Run the image encoder once over `images` [F, 3, S, S] (normalised) and flatten the features.
-
-    `frozen` (default: no image-encoder parameter requires grad) runs the encoder under no_grad. The high-res
-    projections that `forward_image` applies belong to the mask decoder and keep their gradient either way.
-    """
-    if frozen is None:
-        frozen = not any(p.requires_grad for p in model.image_encoder.parameters())
-    with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-        out = model.image_encoder(images)
-    fpn = list(out["backbone_fpn"])
-    if model.use_high_res_features_in_sam:
-        fpn[0] = model.sam_mask_decoder.conv_s0(fpn[0])
-        fpn[1] = model.sam_mask_decoder.conv_s1(fpn[1])
-    _, feats, pos, sizes = model._prepare_backbone_features(
-        {"backbone_fpn": fpn, "vision_pos_enc": list(out["vision_pos_enc"])}
-    )
-    return FrameFeatures(feats=feats, pos=pos, sizes=sizes)
 
 
 @dataclass
@@ -115,13 +70,11 @@ class FrameOutput:
         padded to the longest."""
         if len(parts) == 1:
             inverse = torch.argsort(order).to(parts[0].low_res_logits.device)
-            return FrameOutput(**{f.name: getattr(parts[0], f.name)[inverse] for f in fields(FrameOutput)})
+            return map_fields(lambda x: x[inverse], parts[0])
         k = max(p.step_valid.shape[1] for p in parts)
         parts = [p.pad_steps(k) for p in parts]
         inverse = torch.argsort(order).to(parts[0].low_res_logits.device)
-        return FrameOutput(
-            **{f.name: torch.cat([getattr(p, f.name) for p in parts])[inverse] for f in fields(FrameOutput)}
-        )
+        return map_fields(lambda *xs: torch.cat(xs)[inverse], *parts)
 
     def pad_steps(self, k: int) -> FrameOutput:
         """The same output with K padded to k (padding: NO_OBJ_LOGIT logits, IoU 0, step_valid False)."""
@@ -176,62 +129,6 @@ class _Decoded:
             obj_ptr=torch.cat([p.obj_ptr for p in parts])[inverse],
             object_score_logits=torch.cat([p.object_score_logits for p in parts])[inverse],
         )
-
-
-@dataclass
-class _PromptGroup:
-    """Objects sharing one SAM call on the prompted frame: `index` [g] in the tracker's object axis, and either
-    point_inputs (point_coords [g, P, 2] in input pixels, point_labels [g, P] int32) or mask_inputs [g, 1, S, S]."""
-
-    index: torch.Tensor
-    point_inputs: dict[str, torch.Tensor] | None
-    mask_inputs: torch.Tensor | None
-
-
-def _object_points(prompts: Prompts, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-    kind = int(prompts.kind[i])
-    if kind == PROMPT_BOX:
-        labels = torch.tensor([2, 3], dtype=torch.int32, device=prompts.boxes.device)
-        return prompts.boxes[i].reshape(2, 2).float(), labels
-    keep = prompts.point_labels[i] != -1
-    if not bool(keep.any()):
-        raise ValueError(f"object {i} has a point prompt without any point (all labels are -1)")
-    return prompts.point_coords[i][keep].float(), prompts.point_labels[i][keep].to(torch.int32)
-
-
-def _mask_input(mask: torch.Tensor, size: int) -> torch.Tensor:
-    """[H, W] 0/1 -> [1, 1, S, S] float, resized as the predictor does (bilinear, antialias, >= 0.5)."""
-    m = mask.float()[None, None]
-    if m.shape[-2:] != (size, size):
-        m = F.interpolate(m, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        m = (m >= 0.5).float()
-    return m
-
-
-def group_prompts(prompts: Prompts, image_size: int) -> list[_PromptGroup]:
-    """Split objects (prompts with a leading object axis) into groups that can share one SAM call: mask prompts,
-    and point prompts by number of points (a box is two points with labels 2 and 3; -1 padding dropped)."""
-    keys: dict[int, list[int]] = {}  # -1: mask, P: P points
-    points: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    for i, kind in enumerate(prompts.kind.tolist()):
-        if kind == PROMPT_MASK:
-            keys.setdefault(-1, []).append(i)
-        elif kind in (PROMPT_BOX, PROMPT_POINT):
-            points[i] = _object_points(prompts, i)
-            keys.setdefault(points[i][1].numel(), []).append(i)
-        else:
-            raise ValueError(f"object {i} has no prompt (kind {kind}); padded objects must not be tracked")
-    groups = []
-    for key, members in keys.items():
-        index = torch.tensor(members, dtype=torch.long)
-        if key == -1:
-            masks = torch.cat([_mask_input(prompts.masks[i], image_size) for i in members])
-            groups.append(_PromptGroup(index, None, masks))
-        else:
-            coords = torch.stack([points[i][0] for i in members])
-            labels = torch.stack([points[i][1] for i in members])
-            groups.append(_PromptGroup(index, {"point_coords": coords, "point_labels": labels}, None))
-    return groups
 
 
 def _ensure_rope_trainable(model: torch.nn.Module) -> None:

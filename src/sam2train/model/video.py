@@ -7,24 +7,19 @@ objects of the batch on one object axis, and places the results on the padded [B
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from sam2train.batch import PROMPT_BOX, PROMPT_NONE, PROMPT_POINT, Prompts, VideoBatch
+from sam2train.batch import PROMPT_BOX, PROMPT_NONE, PROMPT_POINT, Prompts, VideoBatch, map_fields
 from sam2train.data.transforms import normalize
 from sam2train.model.corrections import Clicker, prompts_from_ground_truth
+from sam2train.model.encoder import FrameFeatures, encode_frames
 from sam2train.model.feature_cache import frame_keys
-from sam2train.model.tracker import (
-    NO_OBJ_LOGIT,
-    FrameFeatures,
-    FrameOutput,
-    VideoTracker,
-    encode_frames,
-    group_prompts,
-)
+from sam2train.model.prompt_groups import group_prompts
+from sam2train.model.tracker import NO_OBJ_LOGIT, FrameOutput, VideoTracker
 
 if TYPE_CHECKING:
     from sam2.modeling.sam2_base import SAM2Base
@@ -79,7 +74,7 @@ class VideoOutput:
 
 
 def _index_prompts(prompts: Prompts, *index: torch.Tensor) -> Prompts:
-    return Prompts(**{f.name: getattr(prompts, f.name)[index] for f in fields(Prompts)})
+    return map_fields(lambda x: x[index], prompts)
 
 
 def tracked_objects(batch: VideoBatch) -> torch.Tensor:
@@ -168,6 +163,112 @@ def _schedules(
     return out
 
 
+@dataclass
+class _VideoPlan:
+    """Who is tracked, by which tracker, on which frames. O tracked objects, G trackers (objects that share a
+    schedule and a pointer time encoding share a tracker: one SAM call per frame for all of them)."""
+
+    tracked: torch.Tensor
+    """[B, N] bool (CPU), the objects that are tracked."""
+    obj_b: torch.Tensor
+    """[O] long (CPU), the clip of each tracked object."""
+    obj_n: torch.Tensor
+    """[O] long (CPU), its slot on the object axis."""
+    prompts: Prompts
+    """The tracked objects' prompts, [O, ...] on the batch's device."""
+    kinds: torch.Tensor
+    """[O] (CPU), their prompt kinds."""
+    groups: list[torch.Tensor]
+    """G tensors [g] long: the tracked objects (indices into O) of each tracker."""
+    schedules: list[_Schedule]
+    """G schedules, one per tracker."""
+    lengths: list[int]
+    """G video lengths, one per tracker (its pointer time encoding)."""
+
+    def events(self, num_frames: int, streaming: bool) -> list[tuple[int, int]]:
+        """The (tracker, frame) calls in processing order. Streaming visits frames in time order across trackers
+        (so chunks of encoded frames can be dropped); otherwise each tracker runs its own order in turn."""
+        events = [
+            ((frame, k) if streaming else (k, pos), k, frame)
+            for k, schedule in enumerate(self.schedules)
+            for pos, frame in enumerate(schedule.order(num_frames))
+        ]
+        return [(k, frame) for _, k, frame in sorted(events)]
+
+    def active(self, num_frames: int) -> torch.Tensor:
+        """[B, T, N] bool (CPU): tracked and at or after the object's prompt frame."""
+        starts = torch.zeros(self.tracked.shape, dtype=torch.long)
+        for idx, schedule in zip(self.groups, self.schedules):
+            starts[self.obj_b[idx], self.obj_n[idx]] = schedule.start
+        return self.tracked[:, None] & (torch.arange(num_frames)[None, :, None] >= starts[:, None])
+
+
+def _plan(model: SAM2Base, batch: VideoBatch, corrections: bool) -> _VideoPlan:
+    """The tracked objects of `batch`, their schedules (correction clicks only when `corrections`) and their
+    grouping into trackers."""
+    t = batch.shape[1]
+    dev = batch.images.device
+    tracked = tracked_objects(batch).cpu()
+    obj_b, obj_n = tracked.nonzero(as_tuple=True)
+    prompts = _index_prompts(batch.prompts, obj_b.to(dev), obj_n.to(dev))
+    kinds = prompts.kind.cpu()
+    schedules = _schedules(batch, obj_b, obj_n, kinds, corrections)
+    # Objects whose videos give the same pointer time encoding and that share a schedule share a tracker.
+    lengths = [max(int(batch.num_video_frames[i]), t) for i in obj_b.tolist()]
+    cap = model.max_obj_ptrs_in_encoder if model.use_obj_ptrs_in_encoder else 1
+    by_key: dict[tuple, list[int]] = {}
+    for i, length in enumerate(lengths):
+        by_key.setdefault((schedules[i], min(length, cap)), []).append(i)
+    groups = [torch.tensor(members, dtype=torch.long) for members in by_key.values()]
+    return _VideoPlan(
+        tracked=tracked,
+        obj_b=obj_b,
+        obj_n=obj_n,
+        prompts=prompts,
+        kinds=kinds,
+        groups=groups,
+        schedules=[key[0] for key in by_key],
+        lengths=[max(lengths[i] for i in idx.tolist()) for idx in groups],
+    )
+
+
+def _track_frame(
+    plan: _VideoPlan,
+    k: int,
+    frame: int,
+    tracker: VideoTracker,
+    frames: _ChunkedFrames,
+    generators: list[torch.Generator],
+    prompts_cfg: PromptsConfig | None,
+) -> FrameOutput:
+    """One SAM call of tracker `k` on `frame`: its prompt (from the batch on the prompt frame, from the ground
+    truth on an extra conditioning frame) or a tracking step, with correction clicks where scheduled."""
+    batch = frames.batch
+    idx, schedule = plan.groups[k], plan.schedules[k]
+    obj_b, obj_n = plan.obj_b[idx], plan.obj_n[idx]
+    feats, where = frames.at(frame, obj_b)
+    clip_generators = [generators[c] for c in obj_b.tolist()]
+    gt = None
+    if frame in schedule.correct or (frame != schedule.start and frame in schedule.cond):
+        dev = batch.images.device
+        gt = batch.masks[obj_b.to(dev), frame, obj_n.to(dev)] > 0.5
+    clicker = None
+    if frame in schedule.correct:
+        assert prompts_cfg is not None
+        clicker = Clicker(
+            prompts_cfg.num_correction_points, prompts_cfg.correction_from_gt_prob, clip_generators
+        )
+    if frame == schedule.start:
+        object_prompts = _index_prompts(plan.prompts, idx.to(plan.prompts.kind.device))
+        return tracker.prompt(frame, feats, object_prompts, where, gt=gt, clicker=clicker)
+    if frame in schedule.cond:
+        noise = prompts_cfg.box_noise if prompts_cfg is not None else 0.1
+        extra = prompts_from_ground_truth(plan.kinds[idx], gt, clip_generators, noise)
+        return tracker.prompt(frame, feats, extra, where, gt=gt, clicker=clicker)
+    as_cond = clicker is not None and prompts_cfg is not None and prompts_cfg.corrections_as_cond
+    return tracker.step(frame, feats, where, gt=gt, clicker=clicker, as_cond=as_cond)
+
+
 def run_video(
     model: SAM2Base,
     batch: VideoBatch,
@@ -195,90 +296,40 @@ def run_video(
     encoder's feature cache, `model.cache_features`) replaces the image encoder.
     """
     b, t, n = batch.shape
-    size = model.image_size
-    dev = batch.images.device
-    tracked = tracked_objects(batch).cpu()
-    obj_b, obj_n = tracked.nonzero(as_tuple=True)
     frames = _ChunkedFrames(model, batch, chunk, frozen_image_encoder, encoder)
-    prompts = _index_prompts(batch.prompts, obj_b.to(dev), obj_n.to(dev))
-    kinds = prompts.kind.cpu()
-    schedules = _schedules(batch, obj_b, obj_n, kinds, prompts_cfg is not None)
-    # Objects whose videos give the same pointer time encoding and that share a schedule share a tracker.
-    lengths = [max(int(batch.num_video_frames[i]), t) for i in obj_b.tolist()]
-    cap = model.max_obj_ptrs_in_encoder if model.use_obj_ptrs_in_encoder else 1
-    by_key: dict[tuple, list[int]] = {}
-    for i, length in enumerate(lengths):
-        by_key.setdefault((schedules[i], min(length, cap)), []).append(i)
-    groups = [torch.tensor(members, dtype=torch.long) for members in by_key.values()]
-    plans = [key[0] for key in by_key]
+    plan = _plan(model, batch, corrections=prompts_cfg is not None)
     trackers = [
         VideoTracker(
             model,
-            max(lengths[i] for i in idx.tolist()),
+            length,
             bptt=bptt,
             mask_prompt_passthrough=mask_prompt_passthrough,
             memory_from_low_res=memory_from_low_res,
         )
-        for idx in groups
+        for length in plan.lengths
     ]
     seeds = batch.seeds.tolist() if batch.seeds is not None else list(range(b))
     generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
-    # Streaming visits frames in time order across trackers; otherwise each tracker runs its own order.
-    events = [
-        ((frame, k) if chunk is not None else (k, pos), k, frame)
-        for k, plan in enumerate(plans)
-        for pos, frame in enumerate(plan.order(t))
+    results = [
+        (k, frame, _track_frame(plan, k, frame, trackers[k], frames, generators, prompts_cfg))
+        for k, frame in plan.events(t, streaming=chunk is not None)
     ]
-    results: list[tuple[int, int, FrameOutput]] = []
-    for _, k, frame in sorted(events):
-        idx, plan, tracker = groups[k], plans[k], trackers[k]
-        feats, where = frames.at(frame, obj_b[idx])
-        clips = obj_b[idx].tolist()
-        gt = None
-        if frame in plan.correct or (frame != plan.start and frame in plan.cond):
-            gt = batch.masks[obj_b[idx].to(dev), frame, obj_n[idx].to(dev)] > 0.5
-        clicker = None
-        if frame in plan.correct:
-            assert prompts_cfg is not None
-            clicker = Clicker(
-                prompts_cfg.num_correction_points,
-                prompts_cfg.correction_from_gt_prob,
-                [generators[c] for c in clips],
-            )
-        if frame == plan.start:
-            object_prompts = _index_prompts(prompts, idx.to(prompts.kind.device))
-            out = tracker.prompt(frame, feats, object_prompts, where, gt=gt, clicker=clicker)
-        elif frame in plan.cond:
-            noise = prompts_cfg.box_noise if prompts_cfg is not None else 0.1
-            extra = prompts_from_ground_truth(kinds[idx], gt, [generators[c] for c in clips], noise)
-            out = tracker.prompt(frame, feats, extra, where, gt=gt, clicker=clicker)
-        else:
-            as_cond = clicker is not None and prompts_cfg is not None and prompts_cfg.corrections_as_cond
-            out = tracker.step(frame, feats, where, gt=gt, clicker=clicker, as_cond=as_cond)
-        results.append((k, frame, out))
-    starts = torch.zeros(b, n, dtype=torch.long)
-    for idx, plan in zip(groups, plans):
-        starts[obj_b[idx], obj_n[idx]] = plan.start
-    active = tracked[:, None] & (torch.arange(t)[None, :, None] >= starts[:, None])
-    return _assemble(results, groups, obj_b, obj_n, (b, t, n), size, batch.images, tracked, active)
+    return _assemble(results, plan, (b, t, n), model.image_size, batch.images.device)
 
 
 def _assemble(
     results: list[tuple[int, int, FrameOutput]],
-    groups: list[torch.Tensor],
-    obj_b: torch.Tensor,
-    obj_n: torch.Tensor,
+    plan: _VideoPlan,
     shape: tuple[int, int, int],
     size: int,
-    like: torch.Tensor,
-    tracked: torch.Tensor,
-    active: torch.Tensor,
+    dev: torch.device,
 ) -> VideoOutput:
-    """Place each tracker's per-frame outputs on the padded [B, T, N] grid (untracked entries: NO_OBJ_LOGIT
-    logits, 0 IoU). Without correction clicks (K = 1) the step fields are views of the per-frame ones."""
+    """Place each tracker's per-frame outputs (tracker, frame, output) on the padded [B, T, N] grid on `dev`
+    (untracked entries: NO_OBJ_LOGIT logits, 0 IoU). Without correction clicks (K = 1) the step fields are views
+    of the per-frame ones."""
     b, t, n = shape
     h = size // 4
-    dev = like.device
+    active = plan.active(t)
     m = results[0][2].multimask_logits.shape[1] if results else 1
     k_max = max((r.step_valid.shape[1] for _, _, r in results), default=1)
     specs = {
@@ -303,7 +354,7 @@ def _assemble(
     }
     for k, frame, out in results:
         out = out.pad_steps(k_max)
-        ob, on = obj_b[groups[k]].to(dev), obj_n[groups[k]].to(dev)
+        ob, on = plan.obj_b[plan.groups[k]].to(dev), plan.obj_n[plan.groups[k]].to(dev)
         for name, grid in grids.items():
             grid[ob, frame, on] = getattr(out, name).to(grid.dtype)
     if k_max == 1:
@@ -317,7 +368,7 @@ def _assemble(
     up = F.interpolate(low.flatten(0, 2)[:, None], size=(size, size), mode="bilinear", align_corners=False)
     return VideoOutput(
         mask_logits=up.view(b, t, n, size, size),
-        tracked=tracked.to(dev),
+        tracked=plan.tracked.to(dev),
         active=active.to(dev),
         **grids,
     )

@@ -21,6 +21,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from sam2train.config import Config, to_yaml
+from sam2train.files import atomic_write, remove_stale_temporaries
+from sam2train.train.guards import updating_weights
 
 log = logging.getLogger("sam2train")
 
@@ -122,24 +124,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed process
-            stale.unlink(missing_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # the rename itself survives a power cut
-        finally:
-            os.close(fd)
+        remove_stale_temporaries(path)  # only rank 0 saves: any temporary file is a killed process's
+        with atomic_write(path, durable=True) as f:
+            torch.save(checkpoint, f)
 
 
 class SaveOnInterrupt(L.Callback):
@@ -166,7 +153,7 @@ class SaveOnInterrupt(L.Callback):
         self.interrupted = True
         if trainer.state.fn != "fit":
             return
-        if not graceful and (trainer.world_size > 1 or getattr(pl_module, "updating_weights", False)):
+        if not graceful and (trainer.world_size > 1 or updating_weights(trainer)):
             log.warning("interrupted during the weight update or on several ranks: no checkpoint written now")
             return
         ckpt = trainer.checkpoint_callback

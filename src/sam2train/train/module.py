@@ -1,35 +1,33 @@
-"""SAM2LightningModule: builds SAM 2 at setup, runs the video pass, weighs the loss, logs, and optimises.
+"""SAM2LightningModule: forward (the video pass of `model/video.py`) -> loss (`losses/`) -> log, and the optimiser.
 
-The module stays thin: the temporal unroll lives in `model/video.py`, the loss in `losses.py`.
+Around it: the non-finite step guard is a callback (`train/guards.py`), the RNG states of a resume are in
+`train/resume.py`, validation J&F is `metrics.video_jf`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 import warnings
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
-import numpy as np
 import torch
 
 from sam2train.batch import Prompts, VideoBatch, as_video_batch
 from sam2train.config import Config, config_from_dict, to_dict
-from sam2train.errors import NonFiniteLossError
-from sam2train.losses.official import SAM2OfficialLoss
-from sam2train.losses.training import SAM2TrainingLoss
+from sam2train.losses import LossOutput, build_loss
+from sam2train.metrics import video_jf
+from sam2train.model.checkpoints import CONFIG_KEY
 from sam2train.train.optim import build_optimizer, build_scheduler, needs_steps_per_epoch
+from sam2train.train.resume import restore_resume_state, save_resume_state
+
+if TYPE_CHECKING:
+    from sam2train.model.video import VideoOutput
 
 log = logging.getLogger("sam2train")
-
-CONFIG_KEY = "sam2train_config"
-"""Where a Lightning checkpoint carries its resolved config (also in hyper_parameters['config'])."""
-RESUME_KEY = "sam2train_resume"
-"""Where a checkpoint carries what a resumed run needs beyond Lightning's state: RNG states, the step guard."""
 
 
 class SAM2LightningModule(L.LightningModule):
@@ -40,7 +38,7 @@ class SAM2LightningModule(L.LightningModule):
         super().__init__()
         self.config = config if isinstance(config, Config) else config_from_dict(config)
         self.save_hyperparameters({"config": to_dict(self.config)})
-        self.criterion = build_criterion(self.config)
+        self.criterion = build_loss(self.config)
         self.model: torch.nn.Module | None = None
         self.param_report: dict[str, tuple[int, int]] = {}
         self.best_score: float | None = None
@@ -48,17 +46,10 @@ class SAM2LightningModule(L.LightningModule):
         """Validation metrics of each validation run, in order (the first is before training with
         trainer.validate_first)."""
         self._fit_start = 0.0
-        self._cached_encoder = (
-            None  # model.cache_features: the frozen encoder's feature cache, set at fit start
-        )
-        self._val_acc: dict[str, float] = {}
+        # model.cache_features: the frozen encoder's feature cache, opened at fit start
+        self._cached_encoder = None
+        self._val_sums: dict[str, float] = {}
         self._reported = False
-        self.skipped_steps = 0
-        """Optimizer steps skipped for a non-finite loss or gradient (logged as train/skipped_steps)."""
-        self._bad_streak = 0
-        self._bad_loss: torch.Tensor | None = None  # any non-finite loss since the last optimizer step
-        self.updating_weights = False
-        """True from the optimizer's update to the end of the batch: an interrupt then leaves no clean state."""
 
     # ---- model ---------------------------------------------------------------------------------------------
     def build(self, load_weights: bool = True) -> None:
@@ -103,30 +94,25 @@ class SAM2LightningModule(L.LightningModule):
             self._reported = True
             total = sum(t for t, _ in self.param_report.values())
             trainable = sum(tr for _, tr in self.param_report.values())
-            print(
-                f"sam2train: {total:,} parameters, {trainable:,} trainable, device {self.trainer.strategy.root_device}"
-            )
+            device = self.trainer.strategy.root_device
+            print(f"sam2train: {total:,} parameters, {trainable:,} trainable, device {device}")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # weights come from the checkpoint itself: build the network without reading model.checkpoint
         if self.model is None:
             self.build(load_weights=False)
-        resume = checkpoint.get(RESUME_KEY)
-        if resume is not None and self._trainer is not None and self._trainer.state.fn == "fit":
-            self.skipped_steps, self._bad_streak = resume["skipped_steps"], resume["bad_streak"]
-            _set_rng_states(resume["rng"])
+        restore_resume_state(
+            checkpoint, fitting=self._trainer is not None and self._trainer.state.fn == "fit"
+        )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CONFIG_KEY] = to_dict(self.config)
-        # the RNG states make a resumed run draw the same dropout as an uninterrupted one
-        checkpoint[RESUME_KEY] = {
-            "skipped_steps": self.skipped_steps,
-            "bad_streak": self._bad_streak,
-            "rng": _rng_states(),
-        }
+        save_resume_state(checkpoint)
 
-    # ---- forward -------------------------------------------------------------------------------------------
-    def forward(self, images: Any, masks: torch.Tensor | None = None, prompts: Prompts | None = None):
+    # ---- forward -> loss -> log ----------------------------------------------------------------------------
+    def forward(
+        self, images: Any, masks: torch.Tensor | None = None, prompts: Prompts | None = None
+    ) -> VideoOutput:
         """Run the video pass.
 
         Accepts a VideoBatch, Meta's `BatchedVideoDatapoint`, or the spec's `(images [B,T,3,H,W],
@@ -146,89 +132,22 @@ class SAM2LightningModule(L.LightningModule):
             encoder=self._cached_encoder,
         )
 
-    def _loss(self, out, batch: VideoBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The configured loss on the entries that have a prediction (objects from their prompt frame on)."""
-        if isinstance(self.criterion, SAM2OfficialLoss):
-            return self.criterion(
-                out.step_multimask_logits,
-                out.step_iou_pred,
-                out.step_object_score_logits,
-                out.step_valid & batch.valid[..., None],
-                batch.masks,
-                ignore_mask=batch.ignore,
-            )
-        return self.criterion(
-            out.mask_logits,
-            batch.masks,
-            batch.valid & out.active,
-            return_components=True,
-            ignore_mask=batch.ignore,
-            object_score_logits=out.object_score_logits if self.criterion.object_score_weight > 0 else None,
-        )
+    def compute_loss(self, out: VideoOutput, batch: VideoBatch) -> LossOutput:
+        """The configured loss (`loss.type`) on the entries that have a prediction."""
+        return self.criterion.video_loss(out, batch)
 
     def training_step(self, batch: VideoBatch, batch_idx: int) -> torch.Tensor:
-        total, parts = self._loss(self(batch), batch)
+        loss = self.compute_loss(self(batch), batch)
         opts = {"on_step": True, "on_epoch": False, "batch_size": batch.shape[0]}
-        self.log("train/total", total.detach(), prog_bar=True, **opts)
-        for name, value in parts.items():
+        self.log("train/total", loss.total.detach(), prog_bar=True, **opts)
+        for name, value in loss.terms.items():
             self.log(f"train/{name}", value.detach(), **opts)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True, **opts)
-        # checked in on_before_optimizer_step, once per (accumulated) step: no device sync here
-        bad = ~torch.isfinite(total.detach())
-        self._bad_loss = bad if self._bad_loss is None else self._bad_loss | bad
-        return total
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Skip the update when this step's loss or gradient is NaN/Inf: the gradients are dropped, so the
-        optimizer leaves weights and its state as they are (the LR schedule still advances, as with GradScaler).
-        Under 16-mixed, GradScaler owns infinite gradients (it skips the step and lowers the scale); only a
-        non-finite loss counts there."""
-        bad = self._bad_loss if self._bad_loss is not None else torch.zeros((), dtype=torch.bool)
-        self._bad_loss = None
-        if getattr(self.trainer.precision_plugin, "scaler", None) is None:
-            grads = [
-                p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None
-            ]
-            if grads:
-                bad = bad.to(grads[0].device) | ~torch.isfinite(torch.nn.utils.get_total_norm(grads))
-        if self.trainer.world_size > 1:  # every rank skips, counts and stops together
-            bad = self.trainer.strategy.reduce(bad.float().to(self.device), reduce_op="max") > 0
-        if bool(bad):
-            optimizer.zero_grad(set_to_none=True)
-            self.skipped_steps += 1
-            self._bad_streak += 1
-            self._check_bad_streak()
-        else:
-            self._bad_streak = 0
-            self.updating_weights = True
-        self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
-
-    def _check_bad_streak(self) -> None:
-        limit = self.config.trainer.max_bad_steps
-        step = self.trainer.global_step
-        if self._bad_streak >= limit:
-            ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none written yet"
-            raise NonFiniteLossError(
-                f"config key 'trainer.max_bad_steps': {limit} optimizer steps in a row (up to step {step}) had a "
-                f"NaN/Inf loss or gradient and were skipped; stopped. Last checkpoint (good weights): {ckpt}. "
-                "Try a lower optimizer.lr, trainer.precision=32 (or bf16-mixed instead of 16-mixed), "
-                "or trainer.gradient_clip_val"
-            )
-        if self.trainer.is_global_zero:
-            log.warning(
-                "step %d: non-finite loss or gradient, optimizer step skipped (%d in a row; "
-                "trainer.max_bad_steps=%d stops the run)",
-                step,
-                self._bad_streak,
-                limit,
-            )
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.updating_weights = False
+        return loss.total
 
     def validation_step(self, batch: VideoBatch, batch_idx: int) -> torch.Tensor:
         """Each validation video (or window) is tracked from its prompted first frame, streaming a few frames
-        through the encoder at a time; the loss terms and per-object J and F are accumulated for the epoch."""
+        through the encoder at a time; the loss terms and per-object J and F are summed for the epoch."""
         from sam2train.model.video import run_video
 
         assert self.model is not None
@@ -239,20 +158,17 @@ class SAM2LightningModule(L.LightningModule):
             mask_prompt_passthrough=self.config.model.mask_prompt_passthrough,
             chunk=self.config.model.eval_chunk_frames,
         )
-        total, parts = self._loss(out, batch)
+        loss = self.compute_loss(out, batch)
         bsz = batch.shape[0]
-        acc = self._val_acc
-        for name, value in {"total": total, **parts}.items():
-            acc[name] = acc.get(name, 0.0) + float(value) * bsz
-        acc["clips"] = acc.get("clips", 0.0) + bsz
         j_sum, f_sum, objects = video_jf(out.mask_logits > 0, batch.masks > 0.5, batch.valid & out.active)
-        acc["J"] = acc.get("J", 0.0) + j_sum
-        acc["F"] = acc.get("F", 0.0) + f_sum
-        acc["objects"] = acc.get("objects", 0.0) + objects
-        return total
+        sums = {name: float(value) * bsz for name, value in {"total": loss.total, **loss.terms}.items()}
+        sums.update(clips=bsz, J=j_sum, F=f_sum, objects=objects)
+        for key, value in sums.items():
+            self._val_sums[key] = self._val_sums.get(key, 0.0) + value
+        return loss.total
 
     def on_validation_epoch_start(self) -> None:
-        self._val_acc: dict[str, float] = {}
+        self._val_sums = {}
 
     def on_validation_epoch_end(self) -> None:
         """Aggregate the epoch's validation metrics over batches and ranks, log them, and remember the best score
@@ -260,15 +176,14 @@ class SAM2LightningModule(L.LightningModule):
 
         Losses are means over clips; J and F are means over objects of each object's mean over its frames, and
         J&F = (J + F) / 2, as the DAVIS evaluators compute them (at the model's input resolution here)."""
-        keys = ["total", *LOSS_TERMS, "clips", "J", "F", "objects"]
+        terms = ["total", *self.criterion.term_names]
+        keys = [*terms, "clips", "J", "F", "objects"]
         sums = torch.tensor(
-            [self._val_acc.get(k, 0.0) for k in keys], dtype=torch.float64, device=self.device
+            [self._val_sums.get(k, 0.0) for k in keys], dtype=torch.float64, device=self.device
         )
-        sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
-        acc = dict(zip(keys, sums.tolist()))
+        acc = dict(zip(keys, self.trainer.strategy.reduce(sums, reduce_op="sum").tolist()))
         if acc["clips"] == 0:
             return
-        terms = [k for k in ("total", *LOSS_TERMS) if k in self._val_acc]
         metrics = {f"val/{k}": acc[k] / acc["clips"] for k in terms}
         if acc["objects"] > 0:
             j, f = acc["J"] / acc["objects"], acc["F"] / acc["objects"]
@@ -276,16 +191,18 @@ class SAM2LightningModule(L.LightningModule):
         shown = "val/J&F" if "val/J&F" in metrics else "val/total"
         self.log(shown, metrics[shown], prog_bar=True, sync_dist=False)
         self.log_dict({k: v for k, v in metrics.items() if k != shown}, sync_dist=False)
-        if self.trainer.sanity_checking:
-            return
-        self.val_history.append(metrics)
-        ck = self.config.checkpoint
-        value = metrics.get(ck.monitor)
+        if not self.trainer.sanity_checking:
+            self.val_history.append(metrics)
+            self._update_best(metrics.get(self.config.checkpoint.monitor))
+
+    def _update_best(self, value: float | None) -> None:
+        """Remember `value` of `checkpoint.monitor` when it beats the best so far (by `checkpoint.mode`)."""
         if value is None:
             return
-        if self.best_score is None or (
-            value < self.best_score if ck.mode == "min" else value > self.best_score
-        ):
+        better = self.best_score is None or (
+            value < self.best_score if self.config.checkpoint.mode == "min" else value > self.best_score
+        )
+        if better:
             self.best_score = value
 
     def on_fit_start(self) -> None:
@@ -322,73 +239,3 @@ class SAM2LightningModule(L.LightningModule):
         if trainer.max_epochs and trainer.max_epochs > 0 and math.isfinite(total):
             return max(1, int(total // trainer.max_epochs))
         return max(1, int(total))
-
-
-LOSS_TERMS = ("bce", "dice", "iou", "temporal", "object_score", "mask", "class")
-"""Every term either loss reports (`sam2train`: bce ... object_score; `sam2`: mask, dice, iou, class)."""
-
-
-def build_criterion(config: Config) -> torch.nn.Module:
-    """The loss `loss.type` names: the spec's SAM2TrainingLoss, or Meta's (`SAM2OfficialLoss`, loss.sam2)."""
-    loss = config.loss
-    if loss.type == "sam2":
-        return SAM2OfficialLoss.from_config(loss.sam2)
-    return SAM2TrainingLoss(
-        bce_weight=loss.bce_weight,
-        dice_weight=loss.dice_weight,
-        iou_weight=loss.iou_weight,
-        temporal_weight=loss.temporal_weight,
-        smooth=loss.smooth,
-        object_score_weight=loss.object_score_weight,
-    )
-
-
-def video_jf(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> tuple[float, float, int]:
-    """Sums over the scored objects of each object's mean J and mean F, and the number of objects.
-
-    pred, gt: [B, T, N, H, W] bool; valid: [B, T, N], True from each object's prompt frame on (an object
-    appearing later is scored from there). As the DAVIS / YouTube-VOS evaluators do, an object's prompt frame is
-    not scored, nor the clip's last frame when another frame is left; an object prompted on the last frame has no
-    frame to score and is not counted.
-    """
-    from sam2train.metrics import sequence_scores
-
-    j_sum = f_sum = 0.0
-    count = 0
-    t = pred.shape[1]
-    for b in range(pred.shape[0]):
-        for n in valid[b].any(dim=0).nonzero().flatten().tolist():
-            first = int(valid[b, :, n].nonzero()[0]) + 1
-            last = t - 1 if t - first >= 2 else t
-            if last <= first:
-                continue
-            frames = slice(first, last)
-            scores = sequence_scores(
-                pred[b, frames, n : n + 1], gt[b, frames, n : n + 1], skip_first_last=False
-            )
-            j_sum += float(scores["J"].mean())
-            f_sum += float(scores["F"].mean())
-            count += 1
-    return j_sum, f_sum, count
-
-
-def _rng_states() -> dict[str, Any]:
-    """The global RNG states, as types a `weights_only` checkpoint load accepts."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    states: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    kind, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    random.setstate(states["python"])
-    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])

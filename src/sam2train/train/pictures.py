@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import fields
 
 import lightning as L
 import numpy as np
@@ -13,8 +12,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image, ImageDraw
 
-from sam2train.batch import Prompts, VideoBatch
-from sam2train.data.preview import _denormalize
+from sam2train.batch import VideoBatch, map_fields
+from sam2train.data.transforms import to_uint8_frames
 from sam2train.train.callbacks import run_dir
 from sam2train.viz import overlay, save_gif, save_png, strip
 
@@ -30,11 +29,7 @@ def first_clip(batch: VideoBatch) -> VideoBatch:
     def take(x):
         return x[:1].clone() if isinstance(x, torch.Tensor) else x[:1]
 
-    prompts = Prompts(**{f.name: take(getattr(batch.prompts, f.name)) for f in fields(Prompts)})
-    return VideoBatch(
-        prompts=prompts,
-        **{f.name: take(getattr(batch, f.name)) for f in fields(VideoBatch) if f.name != "prompts"},
-    )
+    return map_fields(take, batch)
 
 
 def _display_size(orig_hw: tuple[int, int], tile: int) -> tuple[int, int]:
@@ -72,7 +67,7 @@ def video_pictures(
     evenly spaced frames, GIF frames [h, w', 3] uint8 of ground truth | prediction, one per frame of the clip).
     Padded objects are left out; a clip without objects gives plain frames.
     """
-    frames = _denormalize(clip.images[0].detach().cpu())  # [T, S, S, 3]
+    frames = to_uint8_frames(clip.images[0].detach().cpu())  # [T, S, S, 3]
     valid = clip.valid[0].any(0).cpu()  # [N]
     ids = clip.object_ids[0].cpu()[valid].tolist()
     gt = (clip.masks[0].detach().cpu()[:, valid] > 0.5).numpy()  # [T, K, S, S]

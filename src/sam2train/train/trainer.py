@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from sam2train.config import Config
 from sam2train.errors import ConfigError
 from sam2train.train.callbacks import AtomicCheckpointIO, CurvesAtEnd, SaveConfig, SaveOnInterrupt
+from sam2train.train.guards import NonFiniteGuard
 from sam2train.train.pictures import ValidationPictures
 
 _VERSION_ENV = "SAM2TRAIN_RUN_VERSION"
@@ -243,7 +244,8 @@ class FSDPShardReport(L.Callback):
 
 def make_callbacks(cfg: Config, folder: Path, fsdp: bool = False) -> list[L.Callback]:
     """Best and last checkpoints in `folder`/checkpoints (config beside them), curves at the end, a checkpoint on
-    interrupt, validation pictures, early stopping, the progress bar; under FSDP its clipping and shard report."""
+    interrupt, validation pictures, early stopping, the progress bar; under FSDP its clipping and shard report; and
+    the non-finite step guard."""
     ck = cfg.checkpoint
     has_val = cfg.data.val_path is not None
     checkpoint = ModelCheckpoint(
@@ -278,6 +280,8 @@ def make_callbacks(cfg: Config, folder: Path, fsdp: bool = False) -> list[L.Call
         cbs.append(RichProgressBar())
     elif cfg.logging.progress_bar == "tqdm":
         cbs.append(TQDMProgressBar())
+    # last of the hooks before the optimizer step: it judges the gradients after FSDPGradientClipping
+    cbs.append(NonFiniteGuard(cfg.trainer.max_bad_steps))
     return cbs
 
 

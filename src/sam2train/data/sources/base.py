@@ -1,4 +1,4 @@
-"""The one interface every storage format implements (see sources.py for the readers)."""
+"""The one interface every storage format implements (the readers are the other modules of this package)."""
 
 from __future__ import annotations
 
@@ -65,12 +65,34 @@ class FrameMasks:
         return self.masks[hit[0]]
 
 
+@dataclass
+class VideoCheck:
+    """What a reader learned about one listed video, for the checks every format shares (`check-data`)."""
+
+    name: str
+    folder: Path
+    """Where whole-video problems point: the frames folder, or the JSON."""
+    frames: int = 0
+    annotated: list[set[int]] = field(default_factory=list)
+    """Object ids on each annotated frame, in frame order."""
+    skip: str | None = None
+    """Why the reader leaves the video out."""
+    broken: bool = False
+    """Its errors are listed already; the shared checks leave it alone."""
+    binary: bool = False
+    """Label PNGs holding only 0 and 255 (DAVIS-2016): 255 is object 1."""
+    void_masks: int = 0
+    """Masks with void (255) pixels."""
+
+
 class VideoSource(ABC):
-    """A dataset in one storage format. Construction lists and validates every video (raising DataError that
-    names the file); `load_image` / `load_masks` read one frame and are safe to call from data workers."""
+    """A dataset in one storage format. Construction lists and validates every video, reporting each problem
+    to its sink (by default raising DataError that names the file); `load_image` / `load_masks` read one frame
+    and are safe to call from data workers. `checked`: one VideoCheck per listed video, usable or not."""
 
     path: Path
     videos: list[VideoInfo]
+    checked: list[VideoCheck]
 
     @abstractmethod
     def load_image(self, video: VideoInfo, pos: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""YouTube-VOS reader: DAVIS palette folders (sources.py reads them) checked against `meta.json`.
+"""YouTube-VOS reader: DAVIS palette folders (davis.py reads them) checked against `meta.json`.
 
 Layout (the train split):
     <root>/JPEGImages/<video>/<frame>.jpg      frames (every 5th frame, or all of them in `train_all_frames`)
@@ -6,8 +6,7 @@ Layout (the train split):
     <root>/meta.json                           {"videos": {"<video>": {"objects": {"1": {"category": "person",
                                                 "frames": ["00000", "00005", ...]}}}}}
 `meta.json` lists each object's frames; objects may first appear after the first annotated frame. The reader
-takes its videos from `meta.json` and checks the files against it; `meta_problems` holds the rules, shared with
-`check-data`.
+takes its videos from `meta.json` and checks the files against it (`meta_problems`).
 """
 
 from __future__ import annotations
@@ -17,8 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sam2train.data.sources.davis import DavisSource, _subdirs, finish, select_videos
-from sam2train.data.sources.json_formats import read_json, require
+from sam2train.data.problems import LOADING, ProblemSink
+from sam2train.data.sources.base import VideoCheck
+from sam2train.data.sources.davis import DavisSource
+from sam2train.data.sources.files import finish, select_videos, subdirs
+from sam2train.data.sources.json_rle import read_json, require
 from sam2train.errors import DataError
 
 META_FILE = "meta.json"
@@ -142,37 +144,72 @@ class YouTubeVosSource(DavisSource):
         f"and <root>/{META_FILE}"
     )
 
-    def __init__(self, root: str | Path, videos: Sequence[str] | None = None, meta: Any = None):
+    def __init__(
+        self,
+        root: str | Path,
+        videos: Sequence[str] | None = None,
+        meta: Any = None,
+        sink: ProblemSink = LOADING,
+    ):
         """`meta`: the parsed content of `meta.json`, or None to read it."""
-        self._open_root(root, None)
+        self._open_root(root, None, sink)
         self.meta_path = self.path / META_FILE
-        self._meta = read_meta(self.meta_path, meta)
-        names = select_videos(sorted(self._meta), videos, self.meta_path)
-        for name in (n for n in names if self._meta[n]):
-            for folder, what in ((self.image_root / name, "frames"), (self.mask_root / name, "masks")):
-                if not folder.is_dir():
-                    raise DataError(
-                        f"{self.meta_path}: video {name} is listed, but its {what} folder {folder} is missing"
-                    )
-        found = self._scan_videos(names)
-        for name in names:
-            if name in self.skipped and self._meta[name]:
-                raise DataError(
-                    f"{self.mask_root / name}: video {name}: {META_FILE} lists objects {sorted(self._meta[name])}, "
-                    f"but {self.skipped[name]}"
-                )
+        try:
+            self._meta = read_meta(self.meta_path, meta)
+            names = select_videos(sorted(self._meta), videos, self.meta_path)
+        except DataError as exc:
+            # checking names the file in its own column
+            sink.fatal(str(exc).removeprefix(f"{self.meta_path}: "), self.meta_path, loading=str(exc))
+        found = self._scan_videos(self._present(names, sink), sink)
+        for check in self.checked:
+            if check.skip and self._meta[check.name]:
+                message = f"{META_FILE} lists objects {sorted(self._meta[check.name])}, but {check.skip}"
+                where = f"{self.mask_root / check.name}: video {check.name}"
+                sink.error(message, check.folder, check.name, loading=f"{where}: {message}")
+                check.broken = True
         if videos is None:
-            on_disk = {d.name for d in _subdirs(self.image_root)} | {d.name for d in _subdirs(self.mask_root)}
-            for name in sorted(on_disk - set(self._meta)):
-                self.skipped[name] = f"not listed in {self.meta_path}"
+            self._unlisted(sink)
         self.categories = {n: {k: o.category for k, o in self._meta[n].items()} for n in names}
         del self._meta  # frame lists are only needed to check; workers get the source without them
-        self.videos = finish(found, self.skipped, self.path)
+        self.videos = finish(found, self.skipped, self.path, sink)
 
-    def _check_video(self, name: str, frames: list[Path], stem_ids: dict[str, set[int]]) -> None:
-        objects = self._meta[name]
-        for severity, file, message in meta_problems(
-            objects, frames, self.image_root / name, self.mask_root / name, stem_ids
-        ):
+    def _present(self, names: list[str], sink: ProblemSink) -> list[str]:
+        """The listed videos that have both folders (a video listed with objects must)."""
+        present = []
+        for name in names:
+            missing = False
+            for folder, what in ((self.image_root / name, "frames"), (self.mask_root / name, "masks")):
+                if self._meta[name] and not folder.is_dir():
+                    loading = (
+                        f"{self.meta_path}: video {name} is listed, but its {what} folder {folder} is missing"
+                    )
+                    sink.error(
+                        f"folder not found, but {META_FILE} lists the video", folder, name, loading=loading
+                    )
+                    missing = True
+            if not missing:
+                present.append(name)
+        return present
+
+    def _unlisted(self, sink: ProblemSink) -> None:
+        """Folders `meta.json` does not list are skipped."""
+        on_disk = {d.name for d in subdirs(self.image_root)} | {d.name for d in subdirs(self.mask_root)}
+        for name in sorted(on_disk - set(self._meta)):
+            self.skipped[name] = f"not listed in {self.meta_path}"
+            folder = self.image_root / name if (self.image_root / name).is_dir() else self.mask_root / name
+            sink.warning(f"video skipped: not listed in {META_FILE}", folder, name, loading="")
+
+    def _check_video(
+        self, check: VideoCheck, frames: list[Path], stem_ids: dict[str, set[int]], sink: ProblemSink
+    ) -> bool:
+        objects = self._meta[check.name]
+        if not objects:
+            return True
+        start = len(sink.problems)
+        img_dir, mask_dir = self.image_root / check.name, self.mask_root / check.name
+        for severity, file, message in meta_problems(objects, frames, img_dir, mask_dir, stem_ids):
             if severity == "error":
-                raise DataError(f"{file}: video {name}: {message}")
+                sink.error(message, file, check.name, loading=f"{file}: video {check.name}: {message}")
+            else:
+                sink.warning(message, file, check.name, loading="")
+        return not sink.errors_of(start)

@@ -1,0 +1,43 @@
+"""The one interface of a training loss: `video_loss(VideoOutput, VideoBatch) -> LossOutput`, and the names of
+the terms it reports, so the training loop logs and aggregates any loss without knowing which one it is."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from sam2train.batch import VideoBatch
+    from sam2train.model.video import VideoOutput
+
+__all__ = ["LossOutput", "VideoLoss"]
+
+
+@dataclass
+class LossOutput:
+    """A loss value and its named terms.
+
+    total: 0-dim float32, the weighted sum that is optimised.
+    terms: name -> 0-dim float32, each unweighted and still attached to the graph (detach them to log); the
+           keys are the loss's `term_names`, in that order.
+    """
+
+    total: Tensor
+    terms: dict[str, Tensor]
+
+
+class VideoLoss(nn.Module, ABC):
+    """A loss over the video pass: both `SAM2TrainingLoss` and `SAM2OfficialLoss` implement it."""
+
+    @property
+    @abstractmethod
+    def term_names(self) -> tuple[str, ...]:
+        """The keys of `LossOutput.terms` this loss (with its weights) reports."""
+
+    @abstractmethod
+    def video_loss(self, out: VideoOutput, batch: VideoBatch) -> LossOutput:
+        """The loss of the video pass `out` against `batch`, on the entries that have a prediction and a
+        target (objects from their prompt frame on, valid frames)."""
