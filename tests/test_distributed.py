@@ -101,6 +101,7 @@ def capture_gradients(out: Path, devices: int) -> None:
         devices=devices,
         strategy=resolve_strategy(cfg) if devices > 1 else "auto",
         max_steps=1,
+        default_root_dir=out.parent,  # final_metrics.json goes to the run folder, not the working directory
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,

@@ -13,9 +13,16 @@ from PIL import Image
 
 from conftest import SHARED_DATA, needs_shared_data
 from sam2train.errors import DataError
-from sam2train.metrics import boundary_f, disk_radius, frame_statistics, jaccard, seg2bmap, sequence_scores, summarize
 from sam2train.eval.evaluate import evaluate_folders
-
+from sam2train.metrics import (
+    boundary_f,
+    disk_radius,
+    frame_statistics,
+    jaccard,
+    seg2bmap,
+    sequence_scores,
+    summarize,
+)
 
 # ---------------------------------------------------------------- a literal port of davis2017-evaluation
 

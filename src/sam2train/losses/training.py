@@ -120,7 +120,7 @@ class SAM2TrainingLoss(VideoLoss):
                       against "the target mask is non-empty", mean over valid entries) is added with
                       `object_score_weight`. SAM 2 replaces the mask of an object scored absent by -1024 logits,
                       which carry no gradient: without this term a model whose scores start negative never
-                      learns (REFERENCE.md, training from random weights).
+                      learns (seen training from random weights).
         Returns the 0-dim total, or `(total, components)` with components {"bce", "dice", "iou", "temporal"}
         (plus "object_score" when object_score_logits are given):
         0-dim float32 tensors, unweighted and still attached to the graph (detach them to log).
