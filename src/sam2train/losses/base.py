@@ -3,9 +3,10 @@ the terms it reports, so the training loop logs and aggregates any loss without 
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
@@ -31,6 +32,13 @@ class LossOutput:
 
 class VideoLoss(nn.Module, ABC):
     """A loss over the video pass: both `SAM2TrainingLoss` and `SAM2OfficialLoss` implement it."""
+
+    @classmethod
+    def from_config(cls, section: Any) -> VideoLoss:
+        """The loss of a config section whose fields are named as the constructor's arguments (the config is
+        the one place that sets them; `tests/test_losses.py` checks both have the same defaults)."""
+        names = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
+        return cls(**{name: getattr(section, name) for name in names})
 
     @property
     @abstractmethod

@@ -34,7 +34,6 @@ from sam2train.losses.terms import (
 
 if TYPE_CHECKING:
     from sam2train.batch import VideoBatch
-    from sam2train.config import Sam2LossConfig
     from sam2train.model.video import VideoOutput
 
 __all__ = ["SAM2OfficialLoss"]
@@ -81,22 +80,6 @@ class SAM2OfficialLoss(VideoLoss):
         self.class_focal_gamma = class_focal_gamma
         self.iou_loss = iou_loss
         self.supervise_all_iou = supervise_all_iou
-
-    @classmethod
-    def from_config(cls, cfg: Sam2LossConfig) -> SAM2OfficialLoss:
-        """The loss of the config's `loss.sam2` section (`loss.type: sam2`)."""
-        return cls(
-            mask_weight=cfg.mask_weight,
-            dice_weight=cfg.dice_weight,
-            iou_weight=cfg.iou_weight,
-            class_weight=cfg.class_weight,
-            focal_alpha=cfg.focal_alpha,
-            focal_gamma=cfg.focal_gamma,
-            class_focal_alpha=cfg.class_focal_alpha,
-            class_focal_gamma=cfg.class_focal_gamma,
-            iou_loss=cfg.iou_loss,
-            supervise_all_iou=cfg.supervise_all_iou,
-        )
 
     def extra_repr(self) -> str:
         weights = ", ".join(f"{k}_weight={v}" for k, v in self.weights.items())

@@ -25,7 +25,6 @@ from sam2train.losses.terms import (
 
 if TYPE_CHECKING:
     from sam2train.batch import VideoBatch
-    from sam2train.config import LossConfig
     from sam2train.model.video import VideoOutput
 
 __all__ = ["SAM2TrainingLoss"]
@@ -61,18 +60,6 @@ class SAM2TrainingLoss(VideoLoss):
         self.temporal_weight = temporal_weight
         self.smooth = smooth
         self.object_score_weight = object_score_weight
-
-    @classmethod
-    def from_config(cls, cfg: LossConfig) -> SAM2TrainingLoss:
-        """The loss of the config's `loss` section (`loss.type: sam2train`)."""
-        return cls(
-            bce_weight=cfg.bce_weight,
-            dice_weight=cfg.dice_weight,
-            iou_weight=cfg.iou_weight,
-            temporal_weight=cfg.temporal_weight,
-            smooth=cfg.smooth,
-            object_score_weight=cfg.object_score_weight,
-        )
 
     def extra_repr(self) -> str:
         return (

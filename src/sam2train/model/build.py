@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.resources
 import logging
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -127,6 +128,26 @@ def build_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> SAM2Bas
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
+
+
+def build_for_training(
+    cfg: ModelConfig, load_weights: bool = True
+) -> tuple[SAM2Base, dict[str, tuple[int, int]]]:
+    """SAM 2 as the config trains it: built (from `model.checkpoint` when `load_weights`, else random weights that
+    a Lightning checkpoint will replace), frozen outside `trainable_modules`, activation checkpointing on when
+    asked; with its parameter report (group -> (total, trainable))."""
+    if load_weights:
+        model = build_model(cfg, device="cpu")
+    else:
+        with warnings.catch_warnings():  # weights follow from the Lightning checkpoint: not a random init
+            warnings.simplefilter("ignore")
+            model = build_model(replace(cfg, checkpoint=None), device="cpu")
+    apply_trainable(model, cfg.trainable_modules)
+    if cfg.activation_checkpointing:
+        from sam2train.model.memory_saving import enable_activation_checkpointing
+
+        enable_activation_checkpointing(model)
+    return model, parameter_report(model)
 
 
 def infer_official_config(state_dict: dict[str, torch.Tensor]) -> str | None:

@@ -1,16 +1,13 @@
 """SAM2LightningModule: forward (the video pass of `model/video.py`) -> loss (`losses/`) -> log, and the optimiser.
 
 Around it: the non-finite step guard is a callback (`train/guards.py`), the RNG states of a resume are in
-`train/resume.py`, validation J&F is `metrics.video_jf`.
+`train/resume.py`, validation sums are `train/validation.py` (J&F per batch: `metrics.video_jf`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
-import warnings
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
@@ -21,8 +18,14 @@ from sam2train.config import Config, config_from_dict, to_dict
 from sam2train.losses import LossOutput, build_loss
 from sam2train.metrics import video_jf
 from sam2train.model.checkpoints import CONFIG_KEY
-from sam2train.train.optim import build_optimizer, build_scheduler, needs_steps_per_epoch
+from sam2train.train.optim import (
+    build_optimizer,
+    build_scheduler,
+    needs_steps_per_epoch,
+    trainer_steps_per_epoch,
+)
 from sam2train.train.resume import restore_resume_state, save_resume_state
+from sam2train.train.validation import ValidationScores
 
 if TYPE_CHECKING:
     from sam2train.model.video import VideoOutput
@@ -48,33 +51,16 @@ class SAM2LightningModule(L.LightningModule):
         self._fit_start = 0.0
         # model.cache_features: the frozen encoder's feature cache, opened at fit start
         self._cached_encoder = None
-        self._val_sums: dict[str, float] = {}
+        self._val_scores = ValidationScores(self.criterion.term_names)
         self._reported = False
 
     # ---- model ---------------------------------------------------------------------------------------------
     def build(self, load_weights: bool = True) -> None:
         """Build SAM 2 from the config (and its checkpoint when `load_weights`), freeze what is not trainable,
         and report the parameter counts."""
-        from sam2train.model.build import (
-            apply_trainable,
-            build_model,
-            format_parameter_report,
-            parameter_report,
-        )
+        from sam2train.model.build import build_for_training, format_parameter_report
 
-        model_cfg = self.config.model
-        if load_weights:
-            self.model = build_model(model_cfg, device="cpu")
-        else:
-            with warnings.catch_warnings():  # weights follow from the Lightning checkpoint: not a random init
-                warnings.simplefilter("ignore")
-                self.model = build_model(replace(model_cfg, checkpoint=None), device="cpu")
-        apply_trainable(self.model, self.config.model.trainable_modules)
-        if model_cfg.activation_checkpointing:
-            from sam2train.model.memory_saving import enable_activation_checkpointing
-
-            enable_activation_checkpointing(self.model)
-        self.param_report = parameter_report(self.model)
+        self.model, self.param_report = build_for_training(self.config.model, load_weights)
         log.info(
             "SAM 2 parameters (device: %s):\n%s", self.device, format_parameter_report(self.param_report)
         )
@@ -159,35 +145,19 @@ class SAM2LightningModule(L.LightningModule):
             chunk=self.config.model.eval_chunk_frames,
         )
         loss = self.compute_loss(out, batch)
-        bsz = batch.shape[0]
-        j_sum, f_sum, objects = video_jf(out.mask_logits > 0, batch.masks > 0.5, batch.valid & out.active)
-        sums = {name: float(value) * bsz for name, value in {"total": loss.total, **loss.terms}.items()}
-        sums.update(clips=bsz, J=j_sum, F=f_sum, objects=objects)
-        for key, value in sums.items():
-            self._val_sums[key] = self._val_sums.get(key, 0.0) + value
+        jf = video_jf(out.mask_logits > 0, batch.masks > 0.5, batch.valid & out.active)
+        self._val_scores.add(loss, jf, clips=batch.shape[0])
         return loss.total
 
     def on_validation_epoch_start(self) -> None:
-        self._val_sums = {}
+        self._val_scores = ValidationScores(self.criterion.term_names)
 
     def on_validation_epoch_end(self) -> None:
-        """Aggregate the epoch's validation metrics over batches and ranks, log them, and remember the best score
-        of `checkpoint.monitor` (the ModelCheckpoint callback keeps the best checkpoint file).
-
-        Losses are means over clips; J and F are means over objects of each object's mean over its frames, and
-        J&F = (J + F) / 2, as the DAVIS evaluators compute them (at the model's input resolution here)."""
-        terms = ["total", *self.criterion.term_names]
-        keys = [*terms, "clips", "J", "F", "objects"]
-        sums = torch.tensor(
-            [self._val_sums.get(k, 0.0) for k in keys], dtype=torch.float64, device=self.device
-        )
-        acc = dict(zip(keys, self.trainer.strategy.reduce(sums, reduce_op="sum").tolist()))
-        if acc["clips"] == 0:
+        """Log the epoch's validation metrics, summed over batches and ranks (`ValidationScores`), and remember
+        the best score of `checkpoint.monitor` (the ModelCheckpoint callback keeps the best checkpoint file)."""
+        metrics = self._val_scores.compute(self.trainer.strategy, self.device)
+        if not metrics:
             return
-        metrics = {f"val/{k}": acc[k] / acc["clips"] for k in terms}
-        if acc["objects"] > 0:
-            j, f = acc["J"] / acc["objects"], acc["F"] / acc["objects"]
-            metrics.update({"val/J": j, "val/F": f, "val/J&F": (j + f) / 2})
         shown = "val/J&F" if "val/J&F" in metrics else "val/total"
         self.log(shown, metrics[shown], prog_bar=True, sync_dist=False)
         self.log_dict({k: v for k, v in metrics.items() if k != shown}, sync_dist=False)
@@ -227,15 +197,8 @@ class SAM2LightningModule(L.LightningModule):
         sch_cfg = self.config.scheduler
         optimizer = build_optimizer(self.model, self.config.optimizer)
         # the trainer's epoch length is read only when epoch lengths must become steps (it may load data)
-        steps_per_epoch = self._steps_per_epoch() if needs_steps_per_epoch(sch_cfg) else 1
+        steps_per_epoch = trainer_steps_per_epoch(self.trainer) if needs_steps_per_epoch(sch_cfg) else 1
         scheduler = build_scheduler(optimizer, sch_cfg, steps_per_epoch)
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
-
-    def _steps_per_epoch(self) -> int:
-        trainer = self.trainer
-        total = trainer.estimated_stepping_batches
-        if trainer.max_epochs and trainer.max_epochs > 0 and math.isfinite(total):
-            return max(1, int(total // trainer.max_epochs))
-        return max(1, int(total))

@@ -141,6 +141,14 @@ def needs_steps_per_epoch(cfg: SchedulerConfig) -> bool:
     return cfg.enabled and cfg.interval == "epoch" and schedule_per_step(cfg)
 
 
+def trainer_steps_per_epoch(trainer: Any) -> int:
+    """Optimizer steps in one epoch of `trainer` (from its estimated stepping batches and max_epochs)."""
+    total = trainer.estimated_stepping_batches
+    if trainer.max_epochs and trainer.max_epochs > 0 and math.isfinite(total):
+        return max(1, int(total // trainer.max_epochs))
+    return max(1, int(total))
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, steps_per_epoch: int
 ) -> dict[str, Any] | None:
