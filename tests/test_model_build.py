@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import importlib.resources
 import shutil
 
@@ -28,15 +27,6 @@ from sam2train.model.checkpoints import CONFIG_KEY, read_checkpoint
 TINY_SIZE = 128
 HIERA_T_PARAMS = 38_962_498
 FREE = {"maskmem_tpos_enc", "no_mem_embed", "no_mem_pos_enc", "no_obj_ptr", "no_obj_embed_spatial"}
-
-
-@pytest.fixture
-def fresh_hiera_t(hiera_t_sam2):
-    """A private copy of the official-architecture `hiera_t_sam2` (train mode, everything trainable)."""
-    model = copy.deepcopy(hiera_t_sam2).train()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +57,8 @@ def test_overlapping_prefixes_name_the_parameter(hiera_t_sam2, monkeypatch):
         group_parameters(hiera_t_sam2)
 
 
-def test_apply_trainable_freezes_everything_else(fresh_hiera_t):
-    model = fresh_hiera_t
+def test_apply_trainable_freezes_everything_else(fresh_hiera_t_sam2):
+    model = fresh_hiera_t_sam2
     apply_trainable(model, ["memory_attention", "memory_encoder"])
     for group, params in group_parameters(model).items():
         for name, p in params:
@@ -83,9 +73,9 @@ def test_apply_trainable_freezes_everything_else(fresh_hiera_t):
     assert "38,962,498" in table and f"{trainable:,}" in table and "free_parameters" in table
 
 
-def test_apply_trainable_rejects_unknown_group(fresh_hiera_t):
+def test_apply_trainable_rejects_unknown_group(fresh_hiera_t_sam2):
     with pytest.raises(ConfigError, match="memory_decoder"):
-        apply_trainable(fresh_hiera_t, ["memory_decoder"])
+        apply_trainable(fresh_hiera_t_sam2, ["memory_decoder"])
 
 
 def test_random_init_warns():
