@@ -24,6 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_step.py beside
 import train_step as ts  # noqa: E402
 
 SWEEPS = {"frames": "clip length T (frames)", "objects": "objects N"}
+LABELS = {
+    "ours": "ours (default)",
+    "chunked": "ours, object_chunk 1",
+    "lean": "ours, object_chunk 1 + checkpointing",
+    "meta": "Meta SAM2Train",
+}
 
 
 def _ints(text: str) -> list[int]:
@@ -40,11 +46,14 @@ def grid(
     return [("frames", t, fixed_objects) for t in frames] + [("objects", fixed_frames, n) for n in objects]
 
 
-def run(base: ts.Settings, points: list[tuple[str, int, int]]) -> dict[str, Any]:
-    """Measure every point (a (T, N) in both sweeps is measured once) with one pair of models."""
+def run(
+    base: ts.Settings, points: list[tuple[str, int, int]], names: tuple[str, ...] = ts.SIDES
+) -> dict[str, Any]:
+    """Measure every point (a (T, N) in both sweeps is measured once) with one model per side."""
     ts.apply_threads(base)
     result = ts.header(base, "scaling")
-    sides = ts.build_sides(base)
+    result["sides"] = list(names)
+    sides = ts.build_sides(base, names)
     result["trainable_params"] = ts.trainable_params(sides)
     measured: dict[tuple[int, int], dict[str, Any]] = {}
     rows = []
@@ -72,8 +81,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for col, (sweep, xlabel) in enumerate(SWEEPS.items()):
         rows = [r for r in result["points"] if r["sweep"] == sweep]
         xs = [r[sweep] for r in rows]
-        for side, style in (("ours", "o-"), ("meta", "s--")):
-            label = "ours" if side == "ours" else "Meta SAM2Train"
+        for side in result.get("sides", ts.SIDES):
+            style = "s--" if side == "meta" else {"ours": "o-", "lean": "^-", "chunked": "v-"}.get(side, "x-")
+            label = LABELS.get(side, side)
             med = [r[side]["step_s"]["median"] for r in rows]
             lo = [r[side]["step_s"]["min"] for r in rows]
             hi = [r[side]["step_s"]["max"] for r in rows]
@@ -101,22 +111,27 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def format_table(result: dict[str, Any]) -> str:
+    """One line per (T, N) and side: s/step, s per object-frame, peak memory, and speed / memory against Meta's."""
     lines = [
-        f"{'T':>3} {'N':>3} {'ours s':>8} {'Meta s':>8} {'speed':>6} {'ours MB':>8} {'Meta MB':>8} {'mem':>5}"
+        f"{'T':>3} {'N':>3} {'side':<8} {'s/step':>8} {'s/obj-fr':>9} {'peak MB':>8} {'speed':>6} {'mem':>5}"
     ]
     seen = set()
     for r in result["points"]:
         if (r["frames"], r["objects"]) in seen:
             continue
         seen.add((r["frames"], r["objects"]))
-        o, m, q = r["ours"], r["meta"], r["ratios"]
-        lines.append(
-            f"{r['frames']:>3} {r['objects']:>3} {o['step_s']['median']:>8.3f} {m['step_s']['median']:>8.3f} "
-            f"{q['speed_ours_over_meta']:>6.2f} {o['memory']['peak_mb']:>8.0f} {m['memory']['peak_mb']:>8.0f} "
-            f"{q['peak_memory_ours_over_meta']:>5.2f}"
-        )
+        meta = r["meta"]
+        for side in result.get("sides", ts.SIDES):
+            o = r[side]
+            step = o["step_s"]["median"]
+            speed = meta["step_s"]["median"] / step
+            mem = o["memory"]["peak_mb"] / meta["memory"]["peak_mb"]
+            lines.append(
+                f"{r['frames']:>3} {r['objects']:>3} {side:<8} {step:>8.3f} "
+                f"{step / (r['frames'] * r['objects']):>9.4f} {o['memory']['peak_mb']:>8.0f} {speed:>6.2f} {mem:>5.2f}"
+            )
     lines.append(
-        "speed: ours frames/s over Meta's (>1 ours faster); mem: ours peak over Meta's (<1 ours smaller)"
+        "speed: Meta's s/step over the side's (>1 faster); mem: the side's peak over Meta's (<1 smaller)"
     )
     return "\n".join(lines)
 
@@ -128,13 +143,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--objects", type=_ints, default=[1, 2, 4, 8, 16], help="N values, e.g. 1,2,4,8,16")
     parser.add_argument("--fixed-frames", type=int, help="T of the N sweep (default: min(8, max --frames))")
     parser.add_argument("--fixed-objects", type=int, help="N of the T sweep (default: min(3, max --objects))")
+    parser.add_argument(
+        "--variants",
+        default="ours",
+        help=f"our sides beside Meta's, comma-separated, of {list(ts.OUR_VARIANTS)} (default: ours)",
+    )
+    parser.add_argument("--tag", default="", help="suffix of the output files: scaling_<device><tag>.json")
     parser.add_argument("--out-dir", type=Path, default=ts.RESULTS)
     args = parser.parse_args(argv)
+    variants = tuple(v for v in args.variants.split(",") if v)
+    if "ours" not in variants or set(variants) - set(ts.OUR_VARIANTS):
+        parser.error(f"--variants must include 'ours' and name only {list(ts.OUR_VARIANTS)}")
     fixed_t = args.fixed_frames or min(8, max(args.frames))
     fixed_n = args.fixed_objects or min(3, max(args.objects))
     points = grid(args.frames, args.objects, fixed_t, fixed_n)
     base = ts.settings_from_args(args, points[0][1], points[0][2])
-    result = run(base, points)
+    result = run(base, points, (*variants, "meta"))
     result["grid"] = {
         "frames": args.frames,
         "objects": args.objects,
@@ -143,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     print(format_table(result))
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = args.out_dir / f"scaling_{result['device']}"
+    stem = args.out_dir / f"scaling_{result['device']}{args.tag}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, stem.with_suffix(".png"))
     print(f"wrote {stem}.json and {stem}.png")

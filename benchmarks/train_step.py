@@ -39,7 +39,7 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MOSE_FINETUNE = "configs/sam2.1_training/sam2.1_hiera_b+_MOSE_finetune.yaml"
 PROMPT_KINDS = {"mask": PROMPT_MASK, "box": PROMPT_BOX, "point": PROMPT_POINT}
 SIDES = ("ours", "meta")
+OUR_VARIANTS: dict[str, dict[str, Any]] = {
+    "ours": {},
+    "chunked": {"object_chunk": 1},
+    "lean": {"object_chunk": 1, "checkpoint_image_encoder": True, "activation_checkpointing": True},
+}
+"""Our side as configured ("ours"), and the memory-saving variants scaling.py adds beside it."""
 MEMORY_STEPS = 2
 
 
@@ -90,6 +96,10 @@ class Settings:
     """Our side's loss.type: sam2train (the spec's four terms + object score) or sam2 (Meta's, as side b)."""
     activation_checkpointing: bool = False
     """Our side with model.activation_checkpointing (memory attention, memory encoder, decoder recomputed)."""
+    checkpoint_image_encoder: bool = False
+    """Our side with model.checkpoint_image_encoder (a trainable encoder recomputed frame by frame)."""
+    object_chunk: int | None = None
+    """Our side with model.object_chunk (the video pass, loss and backward in groups of this many objects)."""
     threads: int | None = None
     """torch intra-op threads (None: torch's default). 1 keeps timings sane on a machine shared with other
     jobs: two OpenMP threads competing for busy cores can slow a step down tenfold."""
@@ -180,6 +190,8 @@ def build_ours(s: Settings) -> torch.nn.Module:
             checkpoint=None,
             trainable_modules=s.trainable,
             activation_checkpointing=s.activation_checkpointing,
+            checkpoint_image_encoder=s.checkpoint_image_encoder,
+            object_chunk=s.object_chunk,
         ),
         loss=LossConfig(type=s.loss, object_score_weight=1.0),
     )
@@ -293,6 +305,25 @@ class OursSide(Side):
         total = self.model.compute_loss(self.model(self.batch), self.batch).total
         return total
 
+    def step(self) -> StepTime:
+        """With model.object_chunk the groups' forward and backward passes interleave: the whole step is timed
+        as one (its forward time is reported as the step's)."""
+        if self.s.object_chunk is None:
+            return super().step()
+        from sam2train.train.chunked import object_chunked_backward
+
+        _sync(self.device)
+        start = time.perf_counter()
+        module = self.model
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.s.precision == "bf16"):
+            loss = object_chunked_backward(module.model, module.criterion, self.batch, module.config)
+        torch.nn.utils.clip_grad_norm_(self.params, self.s.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        _sync(self.device)
+        elapsed = time.perf_counter() - start
+        return StepTime(elapsed, elapsed, float(loss.total))
+
 
 class MetaSide(Side):
     name = "meta"
@@ -320,15 +351,17 @@ class MetaSide(Side):
 
 
 def build_sides(s: Settings, names: tuple[str, ...] = SIDES) -> dict[str, Side]:
-    """The named sides with identical weights and trainable sets (give them a batch with `set_batch`)."""
+    """The named sides (`meta`, or one of OUR_VARIANTS) with identical weights (the same seed) and trainable
+    sets (give them a batch with `set_batch`)."""
     sides: dict[str, Side] = {}
-    ours = build_ours(s) if "ours" in names else None
-    if ours is not None:
-        sides["ours"] = OursSide(ours, s)
+    for name in names:
+        if name in OUR_VARIANTS:
+            variant = replace(s, **OUR_VARIANTS[name])
+            sides[name] = OursSide(build_ours(variant), variant)
     if "meta" in names:
-        state = ours.model.state_dict() if ours is not None else None
-        sides["meta"] = MetaSide(build_meta(s, state), s)
-    return sides
+        ours = next((side.model for side in sides.values()), None)
+        sides["meta"] = MetaSide(build_meta(s, ours.model.state_dict() if ours is not None else None), s)
+    return {name: sides[name] for name in names}
 
 
 def apply_threads(s: Settings) -> None:
@@ -417,6 +450,8 @@ def settings_argv(s: Settings) -> list[str]:
         "--trainable", *s.trainable, f"--steps={s.steps}", f"--warmup={s.warmup}", f"--device={s.device}",
         f"--lr={s.lr}", f"--weight-decay={s.weight_decay}", f"--clip={s.clip}", f"--seed={s.seed}",
         f"--loss={s.loss}", *(["--activation-checkpointing"] if s.activation_checkpointing else []),
+        *(["--checkpoint-image-encoder"] if s.checkpoint_image_encoder else []),
+        *([f"--object-chunk={s.object_chunk}"] if s.object_chunk else []),
         *([f"--threads={s.threads}"] if s.threads else []),
     ]  # fmt: skip
 
@@ -495,9 +530,10 @@ def measure_point(sides: dict[str, Side], s: Settings) -> dict[str, Any]:
     times = time_sides(sides, s.steps, s.warmup)
     if torch.device(s.device).type == "cuda":
         torch.cuda.empty_cache()  # leave the GPU to the child
-    memory = {name: measure_memory(s, name) for name in SIDES}
-    figures = {name: summarize(times[name], s.frames, memory[name]) for name in SIDES}
-    return {**figures, "ratios": ratios(figures["ours"], figures["meta"])}
+    memory = {name: measure_memory(s, name) for name in sides}
+    figures = {name: summarize(times[name], s.frames, memory[name]) for name in sides}
+    extra = {f"ratios_{n}": ratios(figures[n], figures["meta"]) for n in sides if n not in SIDES}
+    return {**figures, "ratios": ratios(figures["ours"], figures["meta"]), **extra}
 
 
 def header(s: Settings, benchmark: str) -> dict[str, Any]:
@@ -575,6 +611,10 @@ def add_settings_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--activation-checkpointing", action="store_true", help="our side with model.activation_checkpointing"
     )
+    parser.add_argument(
+        "--checkpoint-image-encoder", action="store_true", help="our side with model.checkpoint_image_encoder"
+    )
+    parser.add_argument("--object-chunk", type=int, help="our side with model.object_chunk")
 
 
 def settings_from_args(args: argparse.Namespace, frames: int, objects: int) -> Settings:
@@ -599,6 +639,8 @@ def settings_from_args(args: argparse.Namespace, frames: int, objects: int) -> S
         seed=args.seed,
         loss=args.loss,
         activation_checkpointing=args.activation_checkpointing,
+        checkpoint_image_encoder=args.checkpoint_image_encoder,
+        object_chunk=args.object_chunk,
         threads=args.threads,
     )
 
@@ -609,7 +651,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--objects", type=int, default=3)
     parser.add_argument("--out", type=Path, help="JSON path (default: benchmarks/results/<device>.json)")
-    parser.add_argument("--memory-child", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", choices=(*OUR_VARIANTS, "meta"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     s = settings_from_args(args, args.frames, args.objects)
     if args.memory_child:

@@ -76,21 +76,28 @@ def test_train_step_writes_both_sides_and_ratios(tmp_path: Path) -> None:
 
 
 def test_scaling_writes_json_and_png(tmp_path: Path) -> None:
-    result = _script("scaling").main([*TINY, "--frames=2", "--objects=1", f"--out-dir={tmp_path}"])
-    saved = json.loads((tmp_path / "scaling_cpu.json").read_text())
+    args = [*TINY, "--frames=2", "--objects=2", "--variants=ours,lean", "--tag=_t", f"--out-dir={tmp_path}"]
+    result = _script("scaling").main(args)
+    saved = json.loads((tmp_path / "scaling_cpu_t.json").read_text())
     assert saved["points"] == json.loads(json.dumps(result["points"]))
-    assert (tmp_path / "scaling_cpu.png").stat().st_size > 10_000
+    assert (tmp_path / "scaling_cpu_t.png").stat().st_size > 10_000
     _check_header(result, "scaling")
-    assert result["grid"] == {"frames": [2], "objects": [1], "fixed_frames": 2, "fixed_objects": 1}
+    assert result["sides"] == ["ours", "lean", "meta"]
+    assert result["settings"]["object_chunk"] is None  # the variants are applied per side, not to the base
+    assert result["grid"] == {"frames": [2], "objects": [2], "fixed_frames": 2, "fixed_objects": 2}
     assert [(p["sweep"], p["frames"], p["objects"]) for p in result["points"]] == [
-        ("frames", 2, 1),
-        ("objects", 2, 1),
+        ("frames", 2, 2),
+        ("objects", 2, 2),
     ]
     for point in result["points"]:
-        for side in ("ours", "meta"):
+        for side in ("ours", "lean", "meta"):
             _check_side(point[side], frames=2)
-        assert set(point["ratios"]) == {
-            "speed_ours_over_meta",
-            "peak_memory_ours_over_meta",
-            "step_memory_ours_over_meta",
-        }
+        for key in ("ratios", "ratios_lean"):
+            assert set(point[key]) == {
+                "speed_ours_over_meta",
+                "peak_memory_ours_over_meta",
+                "step_memory_ours_over_meta",
+            }
+        # the lean side tracks the two objects one at a time from the same weights: the same loss but for the
+        # dropout draws (exact equality without dropout is tests/test_object_chunk.py's)
+        assert point["lean"]["loss"][0] == pytest.approx(point["ours"]["loss"][0], rel=1e-2)

@@ -2,8 +2,8 @@
 torchrun through `sam2train fit`, shards the parameters, validates before and after training, and writes a
 checkpoint that `sam2train export` reads.
 
-The DDP half also runs as a script, `python tests/test_distributed.py OUT.pt DEVICES`: Lightning's launcher starts
-the second rank by running that same command again.
+The DDP half also runs as a script, `python tests/test_distributed.py OUT.pt DEVICES [OBJECT_CHUNK MEMORY_ONLY]`:
+Lightning's launcher starts the second rank by running that same command again.
 """
 
 from __future__ import annotations
@@ -78,14 +78,23 @@ class SaveGradients(L.Callback):
             torch.save(grads, self.out)
 
 
-def capture_gradients(out: Path, devices: int) -> None:
+def capture_gradients(
+    out: Path, devices: int, object_chunk: int | None = None, memory_only: bool = False
+) -> None:
     """One training step of SAM2LightningModule on the two clips: one process with both, or `devices` DDP
-    processes (our runner's strategy) with one clip each; the gradients of the step go to `out`."""
+    processes (our runner's strategy) with one clip each; the gradients of the step go to `out`. With
+    `object_chunk`, the step runs its objects in groups of that many (`model.object_chunk`); `memory_only`
+    trains the memory modules alone (DDP without find_unused_parameters)."""
     model = [f"model.config={TINY_CONFIG}", f"model.image_size={SIZE}"]
+    if object_chunk is not None:
+        model.append(f"model.object_chunk={object_chunk}")
+    if memory_only:
+        model.append("model.trainable_modules=[memory_attention,memory_encoder]")
     cfg = load_config(
         DEMO_CONFIG, [*model, "data.clip_length=2", "trainer.strategy=ddp", "scheduler.enabled=false"]
     )
-    assert set(cfg.model.trainable_modules) == set(TRAINABLE_GROUPS)
+    if not memory_only:
+        assert set(cfg.model.trainable_modules) == set(TRAINABLE_GROUPS)
     L.seed_everything(0, verbose=False)
     module = SAM2LightningModule(cfg)
     module.build(load_weights=False)  # random weights, the same in every process
@@ -134,10 +143,21 @@ def test_strategy_choice_and_world_size(tmp_path: Path, tiny_sam2: torch.nn.Modu
 
 
 @pytest.mark.slow
-def test_ddp_gradients_equal_one_process_on_the_same_global_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("object_chunk", "memory_only"),
+    [(None, False), (1, False), (1, True)],
+    ids=["all_objects", "object_chunk_1", "object_chunk_1_memory_only"],
+)
+def test_ddp_gradients_equal_one_process_on_the_same_global_batch(
+    tmp_path: Path, object_chunk: int | None, memory_only: bool
+) -> None:
+    """With `object_chunk` only the DDP run is chunked: one process over all objects at once is the reference
+    (each rank's groups accumulate locally; the one all-reduce must give that process's gradients). Memory-only
+    training runs DDP without find_unused_parameters, whose reducer must hear from every parameter."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    chunk = [] if object_chunk is None else [str(object_chunk), str(int(memory_only))]
     ddp = subprocess.run(
-        [sys.executable, __file__, str(tmp_path / "ddp.pt"), "2"],
+        [sys.executable, __file__, str(tmp_path / "ddp.pt"), "2", *chunk],
         capture_output=True,
         text=True,
         timeout=600,
@@ -145,7 +165,7 @@ def test_ddp_gradients_equal_one_process_on_the_same_global_batch(tmp_path: Path
         cwd=tmp_path,
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    capture_gradients(tmp_path / "one.pt", devices=1)
+    capture_gradients(tmp_path / "one.pt", devices=1, memory_only=memory_only)
 
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "ddp.pt")
     assert one.keys() == two.keys()
@@ -206,4 +226,6 @@ def test_fsdp_under_torchrun_shards_and_its_checkpoint_exports(demo_data: Path, 
 
 
 if __name__ == "__main__":
-    capture_gradients(Path(sys.argv[1]), devices=int(sys.argv[2]))
+    chunk_arg = int(sys.argv[3]) if len(sys.argv) > 3 else None
+    memory_arg = len(sys.argv) > 4 and sys.argv[4] == "1"
+    capture_gradients(Path(sys.argv[1]), int(sys.argv[2]), object_chunk=chunk_arg, memory_only=memory_arg)

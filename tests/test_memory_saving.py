@@ -1,6 +1,7 @@
-"""Activation checkpointing and image-encoder compilation change how SAM 2 computes, never what: same logits and
-gradients through `run_video`, no checkpointing in eval / no_grad, unchanged parameter names; a compiled encoder
-gives the same features and compiles once."""
+"""Activation checkpointing (memory modules, and a trainable image encoder frame by frame) and image-encoder
+compilation change how SAM 2 computes, never what: same logits and gradients through `run_video`, no checkpointing
+in eval / no_grad or of a frozen encoder, unchanged parameter names; a compiled encoder gives the same features and
+compiles once, also inside the encoder's checkpointed segments."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import pickle
 import pytest
 import torch
 
-from sam2train.config import TRAINABLE_GROUPS
+from conftest import TINY_CONFIG, TINY_SIZE, trainable_copy
+from sam2train.config import TRAINABLE_GROUPS, ModelConfig
 from sam2train.model import apply_trainable, encode_frames, run_video
 from sam2train.model import memory_saving as ms
+from sam2train.model.build import build_for_training
 
 # everything but the image encoder: its backward is slow and it is not checkpointed
 TRAINABLE = [g for g in TRAINABLE_GROUPS if g != "image_encoder"]
@@ -163,3 +166,88 @@ def test_compiled_encoder_inductor_cpu(tiny_sam2) -> None:
         out = encode_frames(model, images)
     for a, b in zip(out.feats, ref.feats):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------ image encoder checkpointing
+
+
+def _trunk_calls(model) -> list[bool]:
+    """Records, for every call of the Hiera trunk, whether autograd is recording (recomputation in backward
+    records; so does the forward)."""
+    calls: list[bool] = []
+    model.image_encoder.trunk.register_forward_hook(lambda *_: calls.append(torch.is_grad_enabled()))
+    return calls
+
+
+def _relative_errors(grads: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {n: float((grads[n] - g).norm() / g.norm().clamp_min(1e-30)) for n, g in ref.items()}
+
+
+def test_image_encoder_checkpointing_keeps_gradients(tiny_sam2, make_video_batch) -> None:
+    """Every parameter of the tiny SAM 2 trains; the checkpointed encoder runs frame by frame and again in
+    backward, and every gradient equals the plain one (relative error <= 1e-5)."""
+    batch = make_video_batch(kinds=[["mask", "box"], ["point"]], t=2)
+    plain = trainable_copy(tiny_sam2)
+    ckpt = copy.deepcopy(plain)
+    ms.enable_image_encoder_checkpointing(ckpt)
+    assert ms.image_encoder_checkpointing_enabled(ckpt) and not ms.image_encoder_checkpointing_enabled(plain)
+    assert list(ckpt.state_dict()) == list(plain.state_dict())
+    calls = _trunk_calls(ckpt)
+
+    out_p, grads_p = _forward_backward(plain, batch)
+    out_c, grads_c = _forward_backward(ckpt, batch)
+
+    frames = batch.images.shape[0] * batch.images.shape[1]
+    assert len(calls) == 2 * frames  # one frame per call, once forward and once recomputed in backward
+    torch.testing.assert_close(out_c.mask_logits, out_p.mask_logits, rtol=0, atol=1e-5)
+    assert grads_c.keys() == grads_p.keys() and any(k.startswith("image_encoder.trunk.") for k in grads_p)
+    errors = _relative_errors(grads_c, grads_p)
+    assert max(errors.values()) <= 1e-5, max(errors.items(), key=lambda kv: kv[1])
+
+
+@pytest.mark.filterwarnings("ignore:model.checkpoint is null")
+def test_frozen_or_eval_encoder_is_not_checkpointed(tiny_sam2) -> None:
+    """`build_for_training` leaves a frozen encoder unmarked; a frozen encoder, even marked, runs once under
+    no_grad, and an encoder in eval mode runs as one plain call."""
+
+    base = {"config": TINY_CONFIG, "image_size": TINY_SIZE, "checkpoint_image_encoder": True}
+    trained, _ = build_for_training(
+        ModelConfig(**base, trainable_modules=["image_encoder", "memory_encoder"])
+    )
+    frozen, _ = build_for_training(ModelConfig(**base, trainable_modules=["memory_encoder"]))
+    assert ms.image_encoder_checkpointing_enabled(trained) and not ms.image_encoder_checkpointing_enabled(
+        frozen
+    )
+
+    ms.enable_image_encoder_checkpointing(frozen)  # marked anyway: still no graph, no segments
+    images = torch.randn(2, 3, TINY_SIZE, TINY_SIZE, generator=torch.Generator().manual_seed(0))
+    calls = _trunk_calls(frozen)
+    feats = encode_frames(frozen, images)
+    assert calls == [False] and not any(f.requires_grad for f in feats.feats[2:])
+    calls = _trunk_calls(trained.eval())
+    encode_frames(trained, images)
+    assert calls == [True]  # eval mode: one call for both frames, as without the option
+
+
+def test_image_encoder_checkpointing_with_compiled_encoder(tiny_sam2) -> None:
+    """A compiled encoder runs inside the per-frame segments: one graph (one frame's shape), same gradients.
+    Dynamo's tracing with a counting backend (no code generation), as above."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    plain = trainable_copy(tiny_sam2)
+    model = copy.deepcopy(plain)
+    ms.enable_image_encoder_checkpointing(model)
+    ms.compile_image_encoder(model, backend=backend)
+    images = torch.randn(3, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for m in (plain, model):
+        feats = encode_frames(m, images).feats
+        sum((f * torch.linspace(0.5, 1.5, f.shape[-1])).square().mean() for f in feats).backward()
+        grads.append({n: p.grad for n, p in m.named_parameters() if p.grad is not None})
+    assert len(graphs) == 1 and grads[0].keys() == grads[1].keys()
+    assert max(_relative_errors(grads[1], grads[0]).values()) <= 1e-5

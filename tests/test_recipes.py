@@ -202,6 +202,46 @@ def test_recipes_page_names_only_real_keys_files_and_commands() -> None:
         load_config(REPO / config, [a for a in argv[2:] if "=" in a])
 
 
+def test_every_object_by_default_and_each_recipe_says_its_cap() -> None:
+    """`data.max_objects` is null (every object) by default; a recipe that caps it writes the cap with a comment
+    saying why, in its own file or the base it names (Meta's 3 stays in the official recipe)."""
+    assert (
+        Config().data.max_objects is None and load_config(CONFIGS / "default.yaml").data.max_objects is None
+    )
+    assert load_config(OFFICIAL).data.max_objects == 3
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        chain = [path]
+        while "max_objects:" not in chain[-1].read_text():
+            chain.append(chain[-1].parent / yaml.safe_load(chain[-1].read_text())["base"])
+        line = next(ln for ln in chain[-1].read_text().splitlines() if "max_objects:" in ln)
+        text = chain[-1].read_text()
+        before = text[: text.index(line)].splitlines()[-1]
+        assert "#" in line or before.strip().startswith("#"), (
+            f"{chain[-1].name}: max_objects without a reason"
+        )
+
+
+def test_max_objects_null_keeps_every_object_of_a_clip(tmp_path: Path) -> None:
+    """A clip with 6 objects keeps all 6 with data.max_objects null (training picks a random subset otherwise)."""
+    from sam2train.data.datamodule import SAM2LightningDataModule
+    from sam2train.data.demo import write_demo_dataset
+
+    write_demo_dataset(tmp_path, videos=2, frames=4, size=(64, 64), objects=6, seed=1, val_videos=1)
+    common = [
+        f"data.train_path={tmp_path / 'train'}",
+        "data.val_path=null",
+        "data.clip_length=2",
+        "model.image_size=64",
+    ]
+    for cap, expected in (("null", 6), ("4", 4)):
+        cfg = load_config(CONFIGS / "demo.yaml", [*common, f"data.max_objects={cap}"])
+        data = SAM2LightningDataModule(cfg)
+        data.setup("fit")
+        sample = data.train_set[0]
+        assert len(sample.object_ids) == expected and sample.masks.shape[1] == expected
+        assert sample.masks[0].flatten(1).any(1).all()  # each kept object is there on the first frame
+
+
 # ------------------------------------------------------------------------------------------- 2-step fits
 
 

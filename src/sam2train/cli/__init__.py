@@ -1,5 +1,5 @@
 """The `sam2train` command: one module per command family (`train`: fit, validate; `data`: demo-data, check-data,
-inspect-data; `evaluation`: evaluate, predict, export).
+inspect-data; `evaluation`: evaluate, predict, export; `benchmark`: benchmark).
 
 Every user error (config, data, checkpoint) is reported as one line naming the culprit and exit status 2; only
 this package ever exits the process. Building the parser imports no torch, so `sam2train --help` answers at once.
@@ -11,11 +11,11 @@ import argparse
 import logging
 import sys
 
-from sam2train.cli import data, evaluation, train
+from sam2train.cli import benchmark, data, evaluation, train
 from sam2train.errors import UserError
 
 EXIT_USER_ERROR = 2
-FAMILIES = (train, data, evaluation)
+FAMILIES = (train, data, evaluation, benchmark)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -131,8 +131,10 @@ class DataConfig:
     """Spacing of training window starts in the epoch's index (each window is jittered within its stride)."""
     batch_size: int = 1
     num_workers: int = 2
-    max_objects: int = 3
-    """At most this many objects per clip (random subset in training, lowest ids in validation)."""
+    max_objects: int | None = None
+    """At most this many objects per clip (a random subset in training, the lowest ids in validation); null tracks
+    every object of the clip. Memory grows with the objects tracked at once: `model.object_chunk` bounds it without
+    dropping any, a cap here trains on fewer (Meta's recipe: 3). `sam2train benchmark` shows what fits."""
     augment: bool = True
     """Training augmentations on/off (validation never augments)."""
     aug: AugmentConfig = field(default_factory=AugmentConfig)
@@ -160,7 +162,11 @@ class DataConfig:
         _check(self.stride >= 1, "data.stride", f"must be >= 1, got {self.stride}")
         _check(self.batch_size >= 1, "data.batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
-        _check(self.max_objects >= 1, "data.max_objects", f"must be >= 1, got {self.max_objects}")
+        _check(
+            self.max_objects is None or self.max_objects >= 1,
+            "data.max_objects",
+            f"must be >= 1 or null (every object), got {self.max_objects}",
+        )
         _check(0.0 <= self.reverse_time_prob <= 1.0, "data.reverse_time_prob", "must be in [0, 1]")
         _check(self.train is None or len(self.train) > 0, "data.train", "lists no source")
 
@@ -186,6 +192,11 @@ class ModelConfig:
     activation_checkpointing: bool = False
     """Recompute memory attention, memory encoder and mask decoder activations in backward (less memory, ~20-30%
     more compute)."""
+    checkpoint_image_encoder: bool = False
+    """A trainable image encoder runs each frame of a clip as one checkpointed segment: backward keeps only the
+    frames and the encoder's outputs, and recomputes one frame's block activations at a time, so the encoder's
+    activation memory stops growing with the clip length (one more encoder forward per step). Same gradients. No
+    effect on a frozen encoder, which keeps no activations anyway."""
     compile_image_encoder: bool = False
     """torch.compile the image encoder (first steps slower while it compiles)."""
     cache_features: bool = False
@@ -193,6 +204,11 @@ class ModelConfig:
     memory-mapped) and skip the encoder after the first epoch. Keyed by checkpoint, config, resolution and frame."""
     cache_dir: str | None = None
     """Where the feature cache lives (default: <logging.root_dir>/feature_cache)."""
+    object_chunk: int | None = None
+    """Training runs the video pass and the loss on groups of at most this many objects of the batch, one after
+    another, each group's backward done before the next group runs; the image encoder runs once per clip (its
+    backward once, with the summed feature gradient). Memory then grows with this number instead of with the
+    batch's objects, at the same gradients (up to float rounding). Null: all objects at once. Not with fsdp."""
 
     def __post_init__(self) -> None:
         _check(
@@ -206,6 +222,9 @@ class ModelConfig:
         for i, name in enumerate(self.trainable_modules):
             _check_choice(name, f"model.trainable_modules[{i}]", TRAINABLE_GROUPS)
         _check(self.eval_chunk_frames >= 1, "model.eval_chunk_frames", "must be >= 1")
+        _check(
+            self.object_chunk is None or self.object_chunk >= 1, "model.object_chunk", "must be >= 1 or null"
+        )
 
 
 @dataclass

@@ -88,6 +88,13 @@ def inspect_dataset(cfg: Config, out_png: Path, train: bool = True) -> str:
         titles.append(f"{o.spec.name}: {title}" if several else title)
     if isinstance(dataset, MixedClips):
         lines.append(f"clips per epoch: {len(dataset)} ({mix_summary(dataset)})")
+    cap = cfg.data.max_objects
+    tracked = (
+        "every object"
+        if cap is None
+        else f"at most {cap} objects ({'a random subset' if train else 'the lowest ids'})"
+    )
+    lines.append(f"objects tracked per clip: {tracked} (data.max_objects)")
     out_png.parent.mkdir(parents=True, exist_ok=True)
     save_png(out_png, strip(rows, titles))
     return "\n".join(lines)

@@ -81,11 +81,13 @@ def clip_positions(video: VideoInfo, ref: ClipRef, generator: torch.Generator | 
     return video.annotated[start : start + ref.length]
 
 
-def select_objects(first: FrameMasks, max_objects: int, generator: torch.Generator | None) -> list[int]:
-    """Ids of the objects to track: those non-empty in the clip's first frame, at most `max_objects`
-    (a random subset when a generator is given, else the lowest ids)."""
+def select_objects(
+    first: FrameMasks, max_objects: int | None, generator: torch.Generator | None
+) -> list[int]:
+    """Ids of the objects to track: those non-empty in the clip's first frame, at most `max_objects` (None: all
+    of them; a random subset when a generator is given, else the lowest ids)."""
     present = [int(i) for i, m in zip(first.ids, first.masks) if m.any()]
-    if len(present) <= max_objects:
+    if max_objects is None or len(present) <= max_objects:
         return sorted(present)
     if generator is None:
         return sorted(present)[:max_objects]

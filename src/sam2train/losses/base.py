@@ -46,6 +46,18 @@ class VideoLoss(nn.Module, ABC):
         """The keys of `LossOutput.terms` this loss (with its weights) reports."""
 
     @abstractmethod
-    def video_loss(self, out: VideoOutput, batch: VideoBatch) -> LossOutput:
+    def normalisers(self, batch: VideoBatch, active: Tensor) -> dict[str, Tensor]:
+        """The counts this loss divides its sums by (0-dim float32 each), for the whole `batch` whose entries
+        `active` [B, T, N] bool have a prediction. Computed once per step (a collective under DDP when the loss
+        averages its count over ranks: every rank calls it once)."""
+
+    @abstractmethod
+    def video_loss(
+        self, out: VideoOutput, batch: VideoBatch, norms: dict[str, Tensor] | None = None
+    ) -> LossOutput:
         """The loss of the video pass `out` against `batch`, on the entries that have a prediction and a
-        target (objects from their prompt frame on, valid frames)."""
+        target (objects from their prompt frame on, valid frames).
+
+        `norms` (from `normalisers` of the whole batch) when `out` tracked only some of the batch's objects: the
+        result is then their share of the whole batch's loss, and the shares of disjoint groups of objects sum to
+        the loss of all of them (object-chunked training, `model.object_chunk`)."""

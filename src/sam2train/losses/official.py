@@ -94,8 +94,17 @@ class SAM2OfficialLoss(VideoLoss):
         """mask, dice, iou, class (each reported, even with weight 0)."""
         return COMPONENTS
 
-    def video_loss(self, out: VideoOutput, batch: VideoBatch) -> LossOutput:
-        """The loss of every prompting step of the video pass, on the valid frames and objects."""
+    def normalisers(self, batch: VideoBatch, active: Tensor) -> dict[str, Tensor]:
+        """Meta's count of objects ("objects"): those with a valid frame that has a prediction (every such frame
+        has a valid first step), averaged over ranks (a collective, see `forward`)."""
+        valid = batch.valid & active.to(batch.valid.device)
+        return {"objects": self._num_objects(valid[..., None], None)}
+
+    def video_loss(
+        self, out: VideoOutput, batch: VideoBatch, norms: dict[str, Tensor] | None = None
+    ) -> LossOutput:
+        """The loss of every prompting step of the video pass, on the valid frames and objects. `norms`: see
+        `VideoLoss.video_loss`."""
         total, terms = self(
             out.step_multimask_logits,
             out.step_iou_pred,
@@ -103,6 +112,7 @@ class SAM2OfficialLoss(VideoLoss):
             out.step_valid & batch.valid[..., None],
             batch.masks,
             ignore_mask=batch.ignore,
+            num_objects=None if norms is None else norms["objects"],
         )
         return LossOutput(total, terms)
 

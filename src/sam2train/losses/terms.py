@@ -83,16 +83,17 @@ def temporal_per_mask(probs: Tensor, targets: Tensor, keep: Tensor | None = None
     return pixel_mean(diff.square(), pair_keep)
 
 
-def valid_mean(values: Tensor, valid: Tensor) -> Tensor:
+def valid_mean(values: Tensor, valid: Tensor, count: Tensor | None = None) -> Tensor:
     """sum(valid * values) / max(sum(valid), 1): a 0-dim mean over the valid entries, 0 when there are none.
 
     values: [...] float; valid: [...] bool (or 0/1) of the same shape. Invalid entries are selected out with
     `torch.where`, not multiplied by 0, so a non-finite value in a padded slot (e.g. from a -inf logit) cannot
-    turn the result into NaN.
+    turn the result into NaN. `count` (0-dim) replaces sum(valid) as the divisor: the valid entries of a larger
+    whole, of which these are a part (object-chunked training sums such parts to the whole's mean).
     """
     valid = valid.bool()
     picked = torch.where(valid, values, torch.zeros_like(values))
-    return picked.sum() / valid.sum().clamp(min=1)
+    return picked.sum() / (valid.sum() if count is None else count).clamp(min=1)
 
 
 def sigmoid_focal(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:

@@ -73,9 +73,16 @@ class SAM2TrainingLoss(VideoLoss):
         """bce, dice, iou, temporal; and object_score when its weight is not 0."""
         return (*MASK_TERMS, "object_score") if self.object_score_weight > 0 else MASK_TERMS
 
-    def video_loss(self, out: VideoOutput, batch: VideoBatch) -> LossOutput:
+    def normalisers(self, batch: VideoBatch, active: Tensor) -> dict[str, Tensor]:
+        """The number of valid masks ("masks") and of valid pairs of consecutive masks ("pairs")."""
+        valid = batch.valid & active.to(batch.valid.device)
+        return {"masks": valid.sum().float(), "pairs": (valid[:, 1:] & valid[:, :-1]).sum().float()}
+
+    def video_loss(
+        self, out: VideoOutput, batch: VideoBatch, norms: dict[str, Tensor] | None = None
+    ) -> LossOutput:
         """The loss of the kept masks `out.mask_logits` on the valid entries that have a prediction; the
-        object-score term only when its weight is not 0."""
+        object-score term only when its weight is not 0. `norms`: see `VideoLoss.video_loss`."""
         total, terms = self(
             out.mask_logits,
             batch.masks,
@@ -83,6 +90,7 @@ class SAM2TrainingLoss(VideoLoss):
             return_components=True,
             ignore_mask=batch.ignore,
             object_score_logits=out.object_score_logits if self.object_score_weight > 0 else None,
+            counts=norms,
         )
         return LossOutput(total, terms)
 
@@ -94,6 +102,7 @@ class SAM2TrainingLoss(VideoLoss):
         return_components: bool = False,
         ignore_mask: Tensor | None = None,
         object_score_logits: Tensor | None = None,
+        counts: dict[str, Tensor] | None = None,
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """Loss of a batch of clips.
 
@@ -108,6 +117,8 @@ class SAM2TrainingLoss(VideoLoss):
                       `object_score_weight`. SAM 2 replaces the mask of an object scored absent by -1024 logits,
                       which carry no gradient: without this term a model whose scores start negative never
                       learns (seen training from random weights).
+        counts:       {"masks", "pairs"} (`normalisers`): the divisors of the means instead of this call's own
+                      valid masks and pairs, for a part of a larger batch.
         Returns the 0-dim total, or `(total, components)` with components {"bce", "dice", "iou", "temporal"}
         (plus "object_score" when object_score_logits are given):
         0-dim float32 tensors, unweighted and still attached to the graph (detach them to log).
@@ -125,7 +136,8 @@ class SAM2TrainingLoss(VideoLoss):
             keep = None
             if ignore_mask is not None:
                 keep = (~ignore_mask.to(device=pred_masks.device, dtype=torch.bool)).float().unsqueeze(2)
-            components = self._mask_terms(logits, targets, valid, keep)
+            counts = counts or {}
+            components = self._mask_terms(logits, targets, valid, keep, counts)
             total = (
                 self.bce_weight * components["bce"]
                 + self.dice_weight * components["dice"]
@@ -133,26 +145,30 @@ class SAM2TrainingLoss(VideoLoss):
                 + self.temporal_weight * components["temporal"]
             )
             if object_score_logits is not None:
-                components["object_score"] = _object_score_term(object_score_logits, targets, valid)
+                components["object_score"] = _object_score_term(
+                    object_score_logits, targets, valid, counts.get("masks")
+                )
                 total = total + self.object_score_weight * components["object_score"]
         if return_components:
             return total, components
         return total
 
     def _mask_terms(
-        self, logits: Tensor, targets: Tensor, valid: Tensor, keep: Tensor | None
+        self, logits: Tensor, targets: Tensor, valid: Tensor, keep: Tensor | None, counts: dict[str, Tensor]
     ) -> dict[str, Tensor]:
         """The four unweighted terms (0-dim each) from float32 logits and targets [B, T, N, H, W], valid
-        [B, T, N] bool and keep [B, T, 1, H, W] (or None)."""
+        [B, T, N] bool and keep [B, T, 1, H, W] (or None); `counts` may give the divisors (see `forward`)."""
         probs = torch.sigmoid(logits)
+        masks = counts.get("masks")
         terms = {
-            "bce": valid_mean(bce_per_mask(logits, targets, keep), valid),
-            "dice": valid_mean(dice_per_mask(probs, targets, keep, self.smooth), valid),
-            "iou": valid_mean(iou_per_mask(probs, targets, keep, self.smooth), valid),
+            "bce": valid_mean(bce_per_mask(logits, targets, keep), valid, masks),
+            "dice": valid_mean(dice_per_mask(probs, targets, keep, self.smooth), valid, masks),
+            "iou": valid_mean(iou_per_mask(probs, targets, keep, self.smooth), valid, masks),
         }
         if logits.shape[1] > 1:
             pair_valid = valid[:, 1:] & valid[:, :-1]
-            terms["temporal"] = valid_mean(temporal_per_mask(probs, targets, keep), pair_valid)
+            pairs = counts.get("pairs")
+            terms["temporal"] = valid_mean(temporal_per_mask(probs, targets, keep), pair_valid, pairs)
         else:
             terms["temporal"] = logits.new_zeros(())
         return terms
@@ -176,10 +192,10 @@ class SAM2TrainingLoss(VideoLoss):
             )
 
 
-def _object_score_term(scores: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
+def _object_score_term(scores: Tensor, targets: Tensor, valid: Tensor, count: Tensor | None) -> Tensor:
     """BCE of the object-presence logits [B, T, N] against "the target [B, T, N, H, W] is non-empty", a mean
-    over the valid [B, T, N] entries (0-dim float32)."""
+    over the valid [B, T, N] entries (0-dim float32; divided by `count` when given)."""
     present = targets.flatten(3).amax(dim=3)  # [B, T, N]: the object is in the frame
     scores = scores.to(device=targets.device, dtype=torch.float32)
     per = F.binary_cross_entropy_with_logits(scores, present, reduction="none")
-    return valid_mean(per, valid)
+    return valid_mean(per, valid, count)

@@ -134,8 +134,8 @@ def build_for_training(
     cfg: ModelConfig, load_weights: bool = True
 ) -> tuple[SAM2Base, dict[str, tuple[int, int]]]:
     """SAM 2 as the config trains it: built (from `model.checkpoint` when `load_weights`, else random weights that
-    a Lightning checkpoint will replace), frozen outside `trainable_modules`, activation checkpointing on when
-    asked; with its parameter report (group -> (total, trainable))."""
+    a Lightning checkpoint will replace), frozen outside `trainable_modules`, activation checkpointing (and that of
+    a trainable image encoder) on when asked; with its parameter report (group -> (total, trainable))."""
     if load_weights:
         model = build_model(cfg, device="cpu")
     else:
@@ -147,6 +147,10 @@ def build_for_training(
         from sam2train.model.memory_saving import enable_activation_checkpointing
 
         enable_activation_checkpointing(model)
+    if cfg.checkpoint_image_encoder and "image_encoder" in cfg.trainable_modules:
+        from sam2train.model.memory_saving import enable_image_encoder_checkpointing
+
+        enable_image_encoder_checkpointing(model)
     return model, parameter_report(model)
 
 

@@ -1,8 +1,9 @@
 """Prompts simulated inside the forward pass, as Meta's `SAM2Train` does in training: correction clicks drawn from
 the current error region, and prompts for extra conditioning frames drawn from that frame's ground truth.
 
-Every draw comes from a torch Generator of the object's clip (seeded from the clip's `seed`, which the dataset
-draws from the sample's own generator), so runs are reproducible and no two ranks or workers share a stream.
+Every draw comes from a torch Generator of the object (seeded from its clip's `seed`, which the dataset draws from
+the sample's own generator, and its slot), so runs are reproducible, no two ranks or workers share a stream, and
+an object's draws do not depend on the other objects tracked with it.
 Clicks are drawn on the CPU; masks are [S, S] at the model input size, coordinates (x, y) in its pixels.
 """
 
@@ -41,7 +42,7 @@ class Clicker:
 
     num_points: clicks added one after another on a corrected frame
     from_gt_prob: probability that a click ignores the prediction and is drawn from the ground truth
-    generators: one per object (objects of one clip share their clip's generator)
+    generators: one per object
     """
 
     num_points: int

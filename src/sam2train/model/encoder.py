@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from sam2train.model.memory_saving import checkpointed_image_encoder, image_encoder_checkpointing_enabled
+
 if TYPE_CHECKING:
     from sam2.modeling.sam2_base import SAM2Base
 
@@ -51,12 +53,18 @@ def run_image_encoder(
     """The image encoder alone over `images` [F, 3, S, S] (normalised): `backbone_fpn` and `vision_pos_enc`,
     per level [F, C, h, w], highest resolution first. The first half of `encode_frames`.
 
-    `frozen` (default: no image-encoder parameter requires grad) runs the encoder under no_grad.
+    `frozen` (default: no image-encoder parameter requires grad) runs the encoder under no_grad. A trainable
+    encoder in train mode with `model.checkpoint_image_encoder` on runs one checkpointed segment per frame.
     """
+    encoder = model.image_encoder
     if frozen is None:
-        frozen = not any(p.requires_grad for p in model.image_encoder.parameters())
-    with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-        out = model.image_encoder(images)
+        frozen = not any(p.requires_grad for p in encoder.parameters())
+    grad = torch.is_grad_enabled() and not frozen
+    with torch.set_grad_enabled(grad):
+        if grad and encoder.training and image_encoder_checkpointing_enabled(model):
+            out = checkpointed_image_encoder(encoder, images)
+        else:
+            out = encoder(images)
     return list(out["backbone_fpn"]), list(out["vision_pos_enc"])
 
 

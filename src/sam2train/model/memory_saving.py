@@ -1,8 +1,8 @@
 """Speed and memory options that change how SAM 2 computes, never what: activation checkpointing of the memory and
-decoder modules (`model.activation_checkpointing`) and torch.compile of the image encoder
-(`model.compile_image_encoder`).
+decoder modules (`model.activation_checkpointing`), per-frame checkpointing of a trainable image encoder
+(`model.checkpoint_image_encoder`) and torch.compile of the image encoder (`model.compile_image_encoder`).
 
-Both act on the submodules in place, without editing SAM 2's code and without renaming a parameter: state dicts,
+All act on the submodules in place, without editing SAM 2's code and without renaming a parameter: state dicts,
 checkpoints and the trainable groups of `build.py` stay as they are.
 """
 
@@ -81,6 +81,51 @@ def disable_activation_checkpointing(model: SAM2Base) -> None:
 def activation_checkpointing_enabled(model: SAM2Base) -> bool:
     """Whether every module of `checkpointed_modules` is wrapped."""
     return all(_is_wrapped(m) for m in checkpointed_modules(model).values())
+
+
+# --------------------------------------------------------------------------------------------- image encoder
+
+# An instance attribute of the image encoder (kept by deepcopy and pickling), read by `run_image_encoder`
+_ENCODER_FLAG = "sam2train_checkpoint_frames"
+
+
+def enable_image_encoder_checkpointing(model: SAM2Base) -> None:
+    """Make `run_image_encoder` run a trainable image encoder (trunk and neck) one frame at a time, each frame a
+    checkpointed segment (`checkpointed_image_encoder`). Idempotent; names and the state dict are unchanged.
+
+    Why whole frames rather than each Hiera block: checkpointing block by block still keeps every block's input
+    for every frame of the clip, so memory still grows with the clip length; a frame segment keeps only the
+    frame (its outputs are kept by the modules that read them anyway) and backward rebuilds one frame's
+    activations at a time.
+    """
+    setattr(model.image_encoder, _ENCODER_FLAG, True)
+
+
+def disable_image_encoder_checkpointing(model: SAM2Base) -> None:
+    """Undo `enable_image_encoder_checkpointing`."""
+    vars(model.image_encoder).pop(_ENCODER_FLAG, None)
+
+
+def image_encoder_checkpointing_enabled(model: SAM2Base) -> bool:
+    """Whether `enable_image_encoder_checkpointing` was applied to `model`."""
+    return bool(vars(model.image_encoder).get(_ENCODER_FLAG, False))
+
+
+def checkpointed_image_encoder(encoder: torch.nn.Module, images: torch.Tensor) -> dict[str, Any]:
+    """`encoder(images)` for images [F, 3, S, S], each frame a non-reentrant checkpoint segment: what the encoder
+    computes for frame f is recomputed in backward when the gradient of frame f's features arrives. The output is
+    the encoder's dict (`vision_features`, `vision_pos_enc`, `backbone_fpn`) with the frames concatenated again.
+
+    A compiled encoder (`compile_image_encoder`) is called as it is, inside the segment: one graph for one frame.
+    """
+    outs = [checkpoint(encoder, images[f : f + 1], use_reentrant=False) for f in range(images.shape[0])]
+    if len(outs) == 1:
+        return outs[0]
+    return {
+        "vision_features": torch.cat([o["vision_features"] for o in outs]),
+        "vision_pos_enc": [torch.cat(level) for level in zip(*(o["vision_pos_enc"] for o in outs))],
+        "backbone_fpn": [torch.cat(level) for level in zip(*(o["backbone_fpn"] for o in outs))],
+    }
 
 
 # --------------------------------------------------------------------------------------------- compile

@@ -3,6 +3,11 @@
 `run_video` tracks every prompted object of a `VideoBatch` with `VideoTracker` (model/tracker.py): each object from
 its prompt frame, with the training schedule the batch carries (extra conditioning frames, correction clicks), all
 objects of the batch on one object axis, and places the results on the padded [B, T, N] grid (`VideoOutput`).
+Objects share nothing but the clip's backbone features, so the pass splits exactly into groups of objects, each
+run on the features of `encode_clip` (`model/object_chunks.py`, `train/chunked.py`).
+
+Over 400 lines because the plan, the run and the assembly of one pass share their private types (`_VideoPlan`,
+`_Schedule`, `_ChunkedFrames`), which no other module should see.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ __all__ = [
     "FrameOutput",
     "VideoOutput",
     "VideoTracker",
+    "encode_clip",
     "encode_frames",
     "group_prompts",
     "run_video",
@@ -99,13 +105,16 @@ class _ChunkedFrames:
         chunk: int | None,
         frozen: bool | None,
         encoder: CachedEncoder | None = None,
+        features: FrameFeatures | None = None,
     ) -> None:
         self.model, self.batch, self.images, self.frozen = model, batch, batch.images, frozen
         self.encoder = encoder
         images = batch.images
         self.t = images.shape[1]
-        self.chunk = self.t if chunk is None else max(1, chunk)
+        self.chunk = self.t if chunk is None or features is not None else max(1, chunk)
         self.start, self.frames = -1, None
+        if features is not None:  # the whole clip, encoded before (`encode_clip`)
+            self.start, self.length, self.frames = 0, self.t, features
 
     def at(self, t: int, obj_b: torch.Tensor) -> tuple[FrameFeatures, torch.Tensor]:
         """Features holding frame `t` of every clip, and each object's index in them ([n] long)."""
@@ -113,15 +122,29 @@ class _ChunkedFrames:
         if start != self.start:
             self.frames = None  # free the previous chunk before encoding the next
             stop = min(start + self.chunk, self.t)
-            clip = self.images[:, start:stop].flatten(0, 1)
-            if clip.dtype == torch.uint8:  # loader clips stay uint8 until here
-                clip = normalize(clip)
-            if self.encoder is not None:
-                self.frames = self.encoder.encode(clip, frame_keys(self.batch, start, stop))
-            else:
-                self.frames = encode_frames(self.model, clip, self.frozen)
+            self.frames = self.encode(start, stop)
             self.start, self.length = start, stop - start
         return self.frames, obj_b * self.length + (t - start)
+
+    def encode(self, start: int, stop: int) -> FrameFeatures:
+        """Features of frames start..stop-1 of every clip (clip-major: index b * (stop - start) + t - start)."""
+        clip = self.images[:, start:stop].flatten(0, 1)
+        if clip.dtype == torch.uint8:  # loader clips stay uint8 until here
+            clip = normalize(clip)
+        if self.encoder is not None:
+            return self.encoder.encode(clip, frame_keys(self.batch, start, stop))
+        return encode_frames(self.model, clip, self.frozen)
+
+
+def encode_clip(
+    model: SAM2Base,
+    batch: VideoBatch,
+    frozen: bool | None = None,
+    encoder: CachedEncoder | None = None,
+) -> FrameFeatures:
+    """Backbone features of every frame of the batch (B * T frames, clip-major), as `run_video` computes them
+    without `chunk`, to hand to several `run_video(..., features=)` calls (object groups)."""
+    return _ChunkedFrames(model, batch, None, frozen, encoder).encode(0, batch.shape[1])
 
 
 @dataclass(frozen=True)
@@ -247,7 +270,7 @@ def _track_frame(
     idx, schedule = plan.groups[k], plan.schedules[k]
     obj_b, obj_n = plan.obj_b[idx], plan.obj_n[idx]
     feats, where = frames.at(frame, obj_b)
-    clip_generators = [generators[c] for c in obj_b.tolist()]
+    object_generators = [generators[i] for i in idx.tolist()]
     gt = None
     if frame in schedule.correct or (frame != schedule.start and frame in schedule.cond):
         dev = batch.images.device
@@ -256,14 +279,14 @@ def _track_frame(
     if frame in schedule.correct:
         assert prompts_cfg is not None
         clicker = Clicker(
-            prompts_cfg.num_correction_points, prompts_cfg.correction_from_gt_prob, clip_generators
+            prompts_cfg.num_correction_points, prompts_cfg.correction_from_gt_prob, object_generators
         )
     if frame == schedule.start:
         object_prompts = _index_prompts(plan.prompts, idx.to(plan.prompts.kind.device))
         return tracker.prompt(frame, feats, object_prompts, where, gt=gt, clicker=clicker)
     if frame in schedule.cond:
         noise = prompts_cfg.box_noise if prompts_cfg is not None else 0.1
-        extra = prompts_from_ground_truth(plan.kinds[idx], gt, clip_generators, noise)
+        extra = prompts_from_ground_truth(plan.kinds[idx], gt, object_generators, noise)
         return tracker.prompt(frame, feats, extra, where, gt=gt, clicker=clicker)
     as_cond = clicker is not None and prompts_cfg is not None and prompts_cfg.corrections_as_cond
     return tracker.step(frame, feats, where, gt=gt, clicker=clicker, as_cond=as_cond)
@@ -280,6 +303,7 @@ def run_video(
     prompts_cfg: PromptsConfig | None = None,
     memory_from_low_res: bool = True,
     encoder: CachedEncoder | None = None,
+    features: FrameFeatures | None = None,
 ) -> VideoOutput:
     """Track every prompted object of `batch` through the clip, all objects of the batch on one object axis.
     In eval mode under no_grad, with first-frame prompts, this matches SAM2VideoPredictor frame by frame.
@@ -288,15 +312,19 @@ def run_video(
     there. The batch's training schedule adds conditioning frames prompted from the ground truth
     (`batch.cond_frames`) and, with `prompts_cfg` (num_correction_points, correction_from_gt_prob,
     corrections_as_cond, box_noise), correction clicks on `batch.correct_frames` for objects prompted with
-    points or a box, drawn with a generator per clip seeded by `batch.seeds`. Objects with the same schedule
-    share one tracker (one SAM call per frame).
+    points or a box, drawn with a generator per object seeded by its clip's `batch.seeds` and its object id (so
+    an object's draws do not depend on which other objects run with it). Objects with the same schedule share one
+    tracker (one SAM call per frame).
 
     `chunk` encodes that many frames per clip at a time (None: the whole clip in one encoder call, the fastest for
     training clips); validation and predict stream long videos with a small chunk. `encoder` (a frozen image
     encoder's feature cache, `model.cache_features`) replaces the image encoder.
+
+    `features` (`encode_clip` of a batch with the same clips) replaces the encoder pass: a batch narrowed to a
+    group of objects (`model/object_chunks.py`) then gets the results of those objects in the pass over all.
     """
     b, t, n = batch.shape
-    frames = _ChunkedFrames(model, batch, chunk, frozen_image_encoder, encoder)
+    frames = _ChunkedFrames(model, batch, chunk, frozen_image_encoder, encoder, features)
     plan = _plan(model, batch, corrections=prompts_cfg is not None)
     trackers = [
         VideoTracker(
@@ -309,12 +337,21 @@ def run_video(
         for length in plan.lengths
     ]
     seeds = batch.seeds.tolist() if batch.seeds is not None else list(range(b))
-    generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+    ids = batch.object_ids.cpu()[plan.obj_b, plan.obj_n].tolist()
+    generators = [
+        torch.Generator().manual_seed(_object_seed(int(seeds[i]), j))
+        for i, j in zip(plan.obj_b.tolist(), ids)
+    ]
     results = [
         (k, frame, _track_frame(plan, k, frame, trackers[k], frames, generators, prompts_cfg))
         for k, frame in plan.events(t, streaming=chunk is not None)
     ]
     return _assemble(results, plan, (b, t, n), model.image_size, batch.images.device)
+
+
+def _object_seed(clip_seed: int, object_id: int) -> int:
+    """The seed of object `object_id` of a clip seeded `clip_seed` (distinct per object, 63 bits)."""
+    return (clip_seed * 1_000_003 + object_id) % (1 << 63)
 
 
 def _assemble(

@@ -67,7 +67,9 @@ class SAM2LightningModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         from sam2train.model.feature_cache import check_cache_allowed
+        from sam2train.train.chunked import check_object_chunk
 
+        check_object_chunk(self.config)
         check_cache_allowed(self.config)  # before building: a refused cache must not cost a model load
         if self.model is None:
             self.build()
@@ -123,13 +125,36 @@ class SAM2LightningModule(L.LightningModule):
         return self.criterion.video_loss(out, batch)
 
     def training_step(self, batch: VideoBatch, batch_idx: int) -> torch.Tensor:
+        if self.config.model.object_chunk is not None:
+            return self._object_chunked_step(batch, batch_idx)
         loss = self.compute_loss(self(batch), batch)
+        self._log_train(loss, batch)
+        return loss.total
+
+    def _object_chunked_step(self, batch: VideoBatch, batch_idx: int) -> torch.Tensor:
+        """`model.object_chunk`: the groups' backward passes run here (`train/chunked.py`); the returned loss has
+        the batch's total as value and a backward that only reduces the gradients (and lets the guard see it).
+        The gradients are zeroed here, before those passes, instead of between the step and its backward (see
+        `optimizer_zero_grad`)."""
+        from sam2train.train.chunked import loss_with_every_parameter, object_chunked_backward
+
+        assert self.model is not None
+        if batch_idx % self.trainer.accumulate_grad_batches == 0:  # an optimizer step's first micro-batch
+            for optimizer in self.trainer.optimizers:
+                optimizer.zero_grad(set_to_none=True)
+        batch = as_video_batch(batch)
+        loss = object_chunked_backward(
+            self.model, self.criterion, batch, self.config, self._trainer, self._cached_encoder
+        )
+        self._log_train(loss, batch)
+        return loss_with_every_parameter(loss.total, self.model.parameters())
+
+    def _log_train(self, loss: LossOutput, batch: VideoBatch) -> None:
         opts = {"on_step": True, "on_epoch": False, "batch_size": batch.shape[0]}
         self.log("train/total", loss.total.detach(), prog_bar=True, **opts)
         for name, value in loss.terms.items():
             self.log(f"train/{name}", value.detach(), **opts)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True, **opts)
-        return loss.total
 
     def validation_step(self, batch: VideoBatch, batch_idx: int) -> torch.Tensor:
         """Each validation video (or window) is tracked from its prompted first frame, streaming a few frames
@@ -190,6 +215,13 @@ class SAM2LightningModule(L.LightningModule):
             write_final_metrics(self.trainer, self, wall_time=time.time() - self._fit_start)
 
     # ---- optimisation --------------------------------------------------------------------------------------
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        """Lightning zeroes the gradients after the training step, before its backward; with
+        `model.object_chunk` the step has already added its groups' gradients, and zeroed them before
+        (`_object_chunked_step`)."""
+        if self.config.model.object_chunk is None:
+            optimizer.zero_grad()
+
     def configure_optimizers(self) -> Any:
         """AdamW/Adam over the parameter groups of `optim.param_groups` (encoder lr, Hiera layer decay, no weight
         decay on biases and norms) and the warmup + cosine/step schedule of `optim.build_scheduler`."""
