@@ -47,9 +47,13 @@ def grid(
 
 
 def run(
-    base: ts.Settings, points: list[tuple[str, int, int]], names: tuple[str, ...] = ts.SIDES
+    base: ts.Settings,
+    points: list[tuple[str, int, int]],
+    names: tuple[str, ...] = ts.SIDES,
+    partial: Path | None = None,
 ) -> dict[str, Any]:
-    """Measure every point (a (T, N) in both sweeps is measured once) with one model per side."""
+    """Measure every point (a (T, N) in both sweeps is measured once) with one model per side; `partial`: a JSON
+    file rewritten after each point, so a long sweep that is killed (out of memory) keeps what it measured."""
     ts.apply_threads(base)
     result = ts.header(base, "scaling")
     result["sides"] = list(names)
@@ -62,6 +66,8 @@ def run(
             print(f"T={t} N={n} ...", flush=True)
             measured[t, n] = ts.measure_point(sides, replace(base, frames=t, objects=n))
         rows.append({"sweep": sweep, "frames": t, "objects": n, **measured[t, n]})
+        if partial is not None:
+            partial.write_text(json.dumps({**result, "points": rows}, indent=2) + "\n")
     result["points"] = rows
     result["environment"]["load_avg_end"] = ts._load_avg()
     return result
@@ -158,7 +164,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     fixed_n = args.fixed_objects or min(3, max(args.objects))
     points = grid(args.frames, args.objects, fixed_t, fixed_n)
     base = ts.settings_from_args(args, points[0][1], points[0][2])
-    result = run(base, points, (*variants, "meta"))
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    stem = args.out_dir / f"scaling_{ts.device_slug(base.device)}{args.tag}"
+    result = run(base, points, (*variants, "meta"), partial=stem.with_suffix(".partial.json"))
+    stem.with_suffix(".partial.json").unlink()
     result["grid"] = {
         "frames": args.frames,
         "objects": args.objects,
@@ -166,8 +175,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "fixed_objects": fixed_n,
     }
     print(format_table(result))
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = args.out_dir / f"scaling_{result['device']}{args.tag}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, stem.with_suffix(".png"))
     print(f"wrote {stem}.json and {stem}.png")
