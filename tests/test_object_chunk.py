@@ -20,7 +20,7 @@ from sam2train.config import Config, PromptsConfig, load_config
 from sam2train.data.demo import write_demo_dataset
 from sam2train.errors import ConfigError
 from sam2train.losses import LossOutput, build_loss
-from sam2train.model.object_chunks import active_entries, object_groups, select_objects
+from sam2train.model.object_chunks import active_entries, narrow_to_objects, object_groups
 from sam2train.model.video import run_video
 from sam2train.train.chunked import object_chunked_backward
 from sam2train.train.module import SAM2LightningModule
@@ -129,7 +129,7 @@ def test_groups_and_active_entries_are_known_before_the_pass(tiny_sam2, make_vid
     model = copy.deepcopy(tiny_sam2).eval()
     with torch.no_grad():
         out = run_video(model, batch)
-        second = select_objects(batch, groups[1])
+        second = narrow_to_objects(batch, groups[1])
         part = run_video(model, second)
     assert torch.equal(active_entries(batch), out.active)
     # the second group: clip 0's third object (appearing on frame 2) and clip 1's object, alone on their clips

@@ -13,25 +13,14 @@ from dataclasses import replace
 import torch
 
 from sam2train.batch import VideoBatch, map_fields
-from sam2train.model.video import tracked_objects
+from sam2train.model.video import active_entries, tracked_objects
 
-__all__ = ["active_entries", "object_groups", "select_objects"]
-
-
-def active_entries(batch: VideoBatch) -> torch.Tensor:
-    """[B, T, N] bool (CPU): the entries `run_video` predicts (`VideoOutput.active`), known before the pass:
-    tracked objects from their prompt frame on."""
-    t = batch.shape[1]
-    tracked = tracked_objects(batch).cpu()
-    starts = torch.zeros(tracked.shape, dtype=torch.long)
-    if batch.prompt_frames is not None:
-        starts = batch.prompt_frames.cpu().long()
-    return tracked[:, None] & (torch.arange(t)[None, :, None] >= starts[:, None])
+__all__ = ["active_entries", "narrow_to_objects", "object_groups"]
 
 
 def object_groups(batch: VideoBatch, size: int) -> list[torch.Tensor]:
     """The tracked objects of `batch` in groups of at most `size`, in (clip, slot) order (a group may span
-    clips): per group its slots [B, G] long (CPU), -1 padded, for `select_objects`. At least one group."""
+    clips): per group its slots [B, G] long (CPU), -1 padded, for `narrow_to_objects`. At least one group."""
     tracked = tracked_objects(batch).cpu()
     obj_b, obj_n = tracked.nonzero(as_tuple=True)
     b = tracked.shape[0]
@@ -47,7 +36,7 @@ def object_groups(batch: VideoBatch, size: int) -> list[torch.Tensor]:
     return groups
 
 
-def select_objects(batch: VideoBatch, slots: torch.Tensor) -> VideoBatch:
+def narrow_to_objects(batch: VideoBatch, slots: torch.Tensor) -> VideoBatch:
     """`batch` with only the objects in `slots` [B, G] long (-1: a padded slot: not valid, object id -1): the same
     clips (images, void pixels, schedule and seeds are the batch's own tensors, not copies), masks [B, T, G, H, W],
     valid [B, T, G], prompts, object ids and prompt frames of those objects."""

@@ -40,6 +40,7 @@ __all__ = [
     "VideoTracker",
     "encode_clip",
     "encode_frames",
+    "active_entries",
     "group_prompts",
     "run_video",
     "tracked_objects",
@@ -218,12 +219,16 @@ class _VideoPlan:
         ]
         return [(k, frame) for _, k, frame in sorted(events)]
 
-    def active(self, num_frames: int) -> torch.Tensor:
-        """[B, T, N] bool (CPU): tracked and at or after the object's prompt frame."""
-        starts = torch.zeros(self.tracked.shape, dtype=torch.long)
-        for idx, schedule in zip(self.groups, self.schedules):
-            starts[self.obj_b[idx], self.obj_n[idx]] = schedule.start
-        return self.tracked[:, None] & (torch.arange(num_frames)[None, :, None] >= starts[:, None])
+
+def active_entries(batch: VideoBatch) -> torch.Tensor:
+    """[B, T, N] bool (CPU): the entries `run_video` predicts (`VideoOutput.active`), known before the pass:
+    tracked objects from their prompt frame on."""
+    t = batch.shape[1]
+    tracked = tracked_objects(batch).cpu()
+    starts = torch.zeros(tracked.shape, dtype=torch.long)
+    if batch.prompt_frames is not None:
+        starts = batch.prompt_frames.cpu().long()
+    return tracked[:, None] & (torch.arange(t)[None, :, None] >= starts[:, None])
 
 
 def _plan(model: SAM2Base, batch: VideoBatch, corrections: bool) -> _VideoPlan:
@@ -323,7 +328,7 @@ def run_video(
     `features` (`encode_clip` of a batch with the same clips) replaces the encoder pass: a batch narrowed to a
     group of objects (`model/object_chunks.py`) then gets the results of those objects in the pass over all.
     """
-    b, t, n = batch.shape
+    b, t = batch.shape[:2]
     frames = _ChunkedFrames(model, batch, chunk, frozen_image_encoder, encoder, features)
     plan = _plan(model, batch, corrections=prompts_cfg is not None)
     trackers = [
@@ -346,7 +351,7 @@ def run_video(
         (k, frame, _track_frame(plan, k, frame, trackers[k], frames, generators, prompts_cfg))
         for k, frame in plan.events(t, streaming=chunk is not None)
     ]
-    return _assemble(results, plan, (b, t, n), model.image_size, batch.images.device)
+    return _assemble(results, plan, active_entries(batch), model.image_size, batch.images.device)
 
 
 def _object_seed(clip_seed: int, object_id: int) -> int:
@@ -357,16 +362,15 @@ def _object_seed(clip_seed: int, object_id: int) -> int:
 def _assemble(
     results: list[tuple[int, int, FrameOutput]],
     plan: _VideoPlan,
-    shape: tuple[int, int, int],
+    active: torch.Tensor,
     size: int,
     dev: torch.device,
 ) -> VideoOutput:
-    """Place each tracker's per-frame outputs (tracker, frame, output) on the padded [B, T, N] grid on `dev`
-    (untracked entries: NO_OBJ_LOGIT logits, 0 IoU). Without correction clicks (K = 1) the step fields are views
-    of the per-frame ones."""
-    b, t, n = shape
+    """Place each tracker's per-frame outputs (tracker, frame, output) on the padded [B, T, N] grid of `active`
+    (`active_entries`) on `dev` (untracked entries: NO_OBJ_LOGIT logits, 0 IoU). Without correction clicks
+    (K = 1) the step fields are views of the per-frame ones."""
+    b, t, n = active.shape
     h = size // 4
-    active = plan.active(t)
     m = results[0][2].multimask_logits.shape[1] if results else 1
     k_max = max((r.step_valid.shape[1] for _, _, r in results), default=1)
     specs = {

@@ -6,7 +6,7 @@ objects divided by counts known before the pass (`VideoLoss.normalisers`). So a 
 
 1. encode the clip once (`encode_clip`), keeping the encoder's graph, and hand the groups a detached copy of the
    features that collects their gradient;
-2. for each group (`object_groups`): run its pass on the batch narrowed to its objects (`select_objects`,
+2. for each group (`object_groups`): run its pass on the batch narrowed to its objects (`narrow_to_objects`,
    `run_video(features=)`), its share of the loss on those objects alone (`video_loss(norms=)` with the whole
    batch's counts) and its backward, which adds into the parameters' gradients and into the features' gradient,
    and frees the group's graph;
@@ -32,7 +32,7 @@ import torch
 
 from sam2train.errors import ConfigError
 from sam2train.losses import LossOutput
-from sam2train.model.object_chunks import active_entries, object_groups, select_objects
+from sam2train.model.object_chunks import active_entries, narrow_to_objects, object_groups
 from sam2train.model.video import FrameFeatures, encode_clip, run_video
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def object_chunked_backward(
     total: torch.Tensor | None = None
     terms: dict[str, torch.Tensor] = {}
     for slots in object_groups(batch, config.model.object_chunk or 1):
-        group = select_objects(batch, slots)
+        group = narrow_to_objects(batch, slots)
         out = run_video(
             model,
             group,
