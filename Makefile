@@ -9,7 +9,7 @@ SAM2 := sam2==1.1.0
 DEMO_DATA := data/demo
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint format bench clean
+.PHONY: install demo test test-all lint format bench clean gpu-wheels
 
 install: $(STAMP)
 
@@ -45,6 +45,26 @@ test-all: lint
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/dataloader.py
+
+# Everything benchmarks/gpu_suite.py needs on a GPU machine without a package index, in .whl (git-ignored; the
+# device tool carries it): sam2 as a pure-Python wheel (no CUDA extension), the packages its image lacks (Meta's
+# trainer: hydra-core, omegaconf, antlr4, iopath, tensordict; ours: pycocotools) for CPython 3.12 on x86-64,
+# sam2train itself, and with DAVIS=<DAVIS-2016 folder> a 480 px copy of it (about 30 MiB) for the DAVIS section.
+WHL := .whl
+DAVIS ?= data/davis2016
+GPU_PY := --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+	--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+GPU_PURE := hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 iopath==0.1.10 pyvers==0.2.3
+GPU_BINARY := tensordict==0.15.3 pycocotools==2.0.11
+
+gpu-wheels: $(STAMP)
+	rm -rf $(WHL) && mkdir -p $(WHL)
+	SAM2_BUILD_CUDA=0 $(BIN)/pip wheel -q --no-deps --no-build-isolation -w $(WHL) $(SAM2)
+	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w $(WHL) . $(GPU_PURE)
+	rm -rf build  # what setuptools leaves behind building sam2train's wheel in place
+	$(BIN)/pip download -q --no-deps --only-binary=:all: $(GPU_PY) -d $(WHL) $(GPU_BINARY)
+	if [ -d $(DAVIS)/JPEGImages ]; then $(BIN)/python benchmarks/gpu_suite.py --prepare-davis $(DAVIS) $(WHL)/davis2016; fi
+	du -sh $(WHL) && ls $(WHL)
 
 clean:
 	rm -rf $(VENV) runs data/demo

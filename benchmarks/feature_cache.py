@@ -7,18 +7,26 @@
 The fine-tune trains memory attention and the memory encoder only (frozen image encoder, no augmentation, the
 setting `model.cache_features` allows), from random weights (seeded, the same for both sides), with
 SAM2TrainingLoss as configured by default and AdamW. Each step: `run_video` + loss + backward + optimizer step.
-The two sides alternate epoch by epoch on the same clips (loaded before the epoch is timed, so data loading is
-not in the figures) and the same dropout draws:
+The sides take turns step by step on the same clips (loaded before the epoch is timed, so data loading is not in
+the figures; the side that goes first rotates from clip to clip, so a drifting machine load hits all alike) with
+the same dropout draws:
 - plain: `run_video` as is (the image encoder runs on every frame, every epoch);
 - cache: `run_video` with its encoder call routed through `CachedEncoder` (run_video has no encoder argument
-  yet, so `encode_frames` is patched for the step). Its first epoch fills the cache (cold), later ones read it.
-The speed-up is plain's median epoch over cache's median warm epoch. The cache lives in a temporary folder
-unless --cache-dir names one (it must not hold features of other weights: the key takes care of that).
+  yet, so `encode_frames` is patched for the step). Its first epoch fills the cache (cold), later ones read it;
+- floor: what a perfect cache gives, the step without the encoder: each clip's `encode_frames` output is
+  computed in its first epoch and kept in memory on the device, later epochs reuse it (no read at all).
+The speed-up is plain's median epoch over cache's median warm epoch (every side's epochs after the first). The encoder's share of a memory-only step is
+1 - floor / plain (warm epochs); the cache's read cost is its warm epoch over the floor's, minus 1 (target: under
+10 %). Both are also timed inside the steps, free of the differences between sides that a loaded machine adds:
+`encoder_share_timed` (plain's seconds in the encoder call over its epoch) and `cache_read_over_rest_timed` (the
+cache's seconds in its reads over the rest of its warm epoch). The cache lives in a temporary folder unless --cache-dir names one (it must not hold features of other
+weights: the key takes care of that).
 
 Writes benchmarks/results/feature_cache_<device>.json (device: cpu or cuda) unless --out says otherwise:
-`settings`, `environment`, `clips`, `frames_per_epoch`, `plain` / `cache` {epoch_s, loss (mean per epoch)},
-`cache_stats` {hits, misses, files, bytes, bytes_per_frame}, `summary` {plain_epoch_s, cache_cold_epoch_s,
-cache_warm_epoch_s, speedup, cold_overhead, max_loss_diff}.
+`settings`, `environment`, `clips`, `frames_per_epoch`, `plain` / `cache` / `floor` {epoch_s, loss (mean per
+epoch)}, `cache_stats` {hits, misses, files, bytes, bytes_per_frame}, `summary` {plain_epoch_s,
+cache_cold_epoch_s, cache_warm_epoch_s, floor_epoch_s, speedup, floor_speedup, encoder_share,
+cache_over_floor, encoder_share_timed, cache_read_over_rest_timed, cold_overhead, max_loss_diff}.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -53,7 +62,9 @@ from sam2train.model.feature_cache import CachedEncoder, FeatureCache, cache_key
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 TRAINABLE = ["memory_attention", "memory_encoder"]
-SIDES = ("plain", "cache")
+SIDES = ("plain", "cache", "floor")
+ENCODE_FRAMES = video_module.encode_frames
+"""The video pass's own encoder call (the floor side computes each clip's features with it once)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -124,19 +135,41 @@ def build(cfg: Config, device: str) -> torch.nn.Module:
 
 
 @contextmanager
-def through_cache(encoder: CachedEncoder | None, batch: VideoBatch) -> Iterator[None]:
-    """Route run_video's encoder call (the whole clip at once, chunk=None) through `encoder` (None: as is)."""
-    if encoder is None:
-        yield
-        return
+def through_cache(
+    encoder: CachedEncoder | FloorEncoder | None, batch: VideoBatch, timer: list[float]
+) -> Iterator[None]:
+    """Route run_video's encoder call (the whole clip at once, chunk=None) through `encoder` (None: as is), and add
+    the call's seconds to `timer[0]` (the plain side's encoder, the cache's reads, the floor's lookups)."""
     keys = frame_keys(batch)
 
     def encode(model: torch.nn.Module, images: torch.Tensor, frozen: bool | None = None):
         assert images.shape[0] == len(keys), "run_video encoded part of a clip: pass chunk=None"
-        return encoder.encode(images, keys)
+        sync = torch.cuda.synchronize if images.device.type == "cuda" else (lambda: None)
+        sync()
+        start = time.perf_counter()
+        out = ENCODE_FRAMES(model, images, frozen) if encoder is None else encoder.encode(images, keys)
+        sync()
+        timer[0] += time.perf_counter() - start
+        return out
 
     with mock.patch.object(video_module, "encode_frames", encode):
         yield
+
+
+class FloorEncoder:
+    """A cache whose reads cost nothing: each clip's `encode_frames` output (frozen encoder, no gradient) kept in
+    memory on the device after its first use, keyed by the clip's frame keys."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.store: dict[tuple[Any, ...], Any] = {}
+
+    def encode(self, images: torch.Tensor, keys: list[Any]) -> Any:
+        key = tuple(keys)
+        if key not in self.store:
+            with torch.no_grad():
+                self.store[key] = ENCODE_FRAMES(self.model, images, True)
+        return self.store[key]
 
 
 class Side:
@@ -156,40 +189,59 @@ class Side:
         )
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=lr)
-        self.encoder = None
+        self.encoder: CachedEncoder | FloorEncoder | None = None
         if name == "cache":
             key = cache_key(self.model, cfg.model, precision="32")
             self.encoder = CachedEncoder(self.model, FeatureCache(cache_root, key))
+        elif name == "floor":
+            self.encoder = FloorEncoder(self.model)
         self.epoch_s: list[float] = []
+        self.encode_timer = [0.0]
+        self.encode_s: list[float] = []
+        """Per epoch, the seconds inside the encoder call: plain's encoder, the cache's reads (or, cold, its
+        encoder and writes), the floor's lookups."""
         self.loss: list[float] = []
         self.step_losses: list[float] = []
 
-    def run_epoch(self, batches: list[VideoBatch], seed: int) -> None:
-        torch.manual_seed(seed)  # the same dropout draws on both sides
-        device = batches[0].images.device
-        losses = []
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    def step(self, batch: VideoBatch, seed: int) -> tuple[float, torch.Tensor]:
+        """One optimizer step on `batch` (dropout drawn from `seed`): (seconds, loss)."""
+        torch.manual_seed(seed)  # the same dropout draws on every side
+        sync = torch.cuda.synchronize if batch.images.device.type == "cuda" else (lambda: None)
         sync()
         start = time.perf_counter()
-        for batch in batches:
-            with through_cache(self.encoder, batch):
-                out = run_video(self.model, batch)
-            total = self.criterion(
-                out.mask_logits,
-                batch.masks,
-                batch.valid,
-                ignore_mask=batch.ignore,
-                object_score_logits=out.object_score_logits,
-            )
-            total.backward()
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            losses.append(total.detach())
+        with through_cache(self.encoder, batch, self.encode_timer):
+            out = run_video(self.model, batch)
+        total = self.criterion(
+            out.mask_logits,
+            batch.masks,
+            batch.valid,
+            ignore_mask=batch.ignore,
+            object_score_logits=out.object_score_logits,
+        )
+        total.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         sync()
-        self.epoch_s.append(time.perf_counter() - start)
-        values = [float(v) for v in losses]
-        self.step_losses.extend(values)
-        self.loss.append(statistics.fmean(values))
+        return time.perf_counter() - start, total.detach()
+
+
+def run_epoch(sides: list[Side], batches: list[VideoBatch], seed: int) -> None:
+    """Every side through the epoch's clips, interleaved step by step (the side that goes first rotates from clip
+    to clip), so that a machine whose load drifts slows every side alike; each side's epoch time is the sum of its
+    step times."""
+    seconds = {side.name: 0.0 for side in sides}
+    losses: dict[str, list[float]] = {side.name: [] for side in sides}
+    for i, batch in enumerate(batches):
+        for side in sides[i % len(sides) :] + sides[: i % len(sides)]:
+            took, loss = side.step(batch, seed * 100_003 + i)
+            seconds[side.name] += took
+            losses[side.name].append(float(loss))
+    for side in sides:
+        side.epoch_s.append(seconds[side.name])
+        side.encode_s.append(side.encode_timer[0])
+        side.encode_timer[0] = 0.0
+        side.step_losses.extend(losses[side.name])
+        side.loss.append(statistics.fmean(losses[side.name]))
 
 
 def cache_stats(encoder: CachedEncoder, kept: bool) -> dict[str, Any]:
@@ -205,15 +257,24 @@ def cache_stats(encoder: CachedEncoder, kept: bool) -> dict[str, Any]:
     }
 
 
-def summarize(plain: Side, cache: Side) -> dict[str, Any]:
-    plain_s = statistics.median(plain.epoch_s)
+def summarize(plain: Side, cache: Side, floor: Side) -> dict[str, Any]:
+    plain_s = statistics.median(plain.epoch_s[1:])  # warm against warm: every side's first epoch pays set-up
     warm_s = statistics.median(cache.epoch_s[1:])
+    floor_s = statistics.median(floor.epoch_s[1:])
     diffs = [abs(a - b) for a, b in zip(plain.step_losses, cache.step_losses)]
     return {
         "plain_epoch_s": plain_s,
         "cache_cold_epoch_s": cache.epoch_s[0],
         "cache_warm_epoch_s": warm_s,
+        "floor_epoch_s": floor_s,
         "speedup": plain_s / warm_s,
+        "floor_speedup": plain_s / floor_s,
+        "encoder_share": 1.0 - floor_s / plain_s,
+        "cache_over_floor": warm_s / floor_s - 1.0,
+        "encoder_share_timed": statistics.median(e / t for e, t in zip(plain.encode_s, plain.epoch_s)),
+        "cache_read_over_rest_timed": statistics.median(
+            e / (t - e) for e, t in zip(cache.encode_s[1:], cache.epoch_s[1:])
+        ),
         "cold_overhead": cache.epoch_s[0] / plain.epoch_s[0],
         "max_loss_diff": max(diffs),
     }
@@ -221,6 +282,7 @@ def summarize(plain: Side, cache: Side) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    start_load = [round(v, 2) for v in os.getloadavg()]
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -243,8 +305,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for epoch in range(args.epochs):
             batches = epoch_batches(dataset, epoch, args.max_clips, args.device)
             clips, frames = len(batches), sum(b.images.shape[0] * b.images.shape[1] for b in batches)
+            run_epoch(list(sides.values()), batches, seed=args.seed + epoch)
             for side in sides.values():
-                side.run_epoch(batches, seed=args.seed + epoch)
                 print(f"epoch {epoch} {side.name:>5}: {side.epoch_s[-1]:7.2f} s  loss {side.loss[-1]:.4f}")
             del batches
         stats = cache_stats(sides["cache"].encoder, kept=args.cache_dir is not None)
@@ -257,15 +319,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "trainable": TRAINABLE,
         "clips": clips,
         "frames_per_epoch": frames,
-        **{name: {"epoch_s": side.epoch_s, "loss": side.loss} for name, side in sides.items()},
+        **{
+            name: {"epoch_s": side.epoch_s, "encode_s": side.encode_s, "loss": side.loss}
+            for name, side in sides.items()
+        },
         "cache_stats": stats,
-        "summary": summarize(sides["plain"], sides["cache"]),
+        "summary": summarize(sides["plain"], sides["cache"], sides["floor"]),
     }
+    result["environment"].update(load_avg=start_load, load_avg_end=[round(v, 2) for v in os.getloadavg()])
     s = result["summary"]
     print(
         f"{clips} clips, {frames} frames per epoch at {args.image_size} px ({args.model}, {result['device']}): "
         f"plain {s['plain_epoch_s']:.2f} s/epoch, cache cold {s['cache_cold_epoch_s']:.2f} s, "
-        f"warm {s['cache_warm_epoch_s']:.2f} s: speed-up x{s['speedup']:.2f} "
+        f"warm {s['cache_warm_epoch_s']:.2f} s, floor {s['floor_epoch_s']:.2f} s: speed-up x{s['speedup']:.2f} "
+        f"(floor x{s['floor_speedup']:.2f}, encoder {100 * s['encoder_share']:.0f} % of the step, cache reads "
+        f"+{100 * s['cache_over_floor']:.0f} % over the floor; timed inside the steps: encoder "
+        f"{100 * s['encoder_share_timed']:.0f} % of plain's, cache reads +{100 * s['cache_read_over_rest_timed']:.1f} "
+        f"% over the rest of the step) "
         f"(cache {stats['bytes'] / 2**20:.1f} MB, {stats['bytes_per_frame'] / 2**20:.2f} MB/frame; "
         f"max loss difference {s['max_loss_diff']:.2e})"
     )

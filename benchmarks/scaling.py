@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +38,17 @@ def _ints(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
     return values
+
+
+def _points(text: str) -> list[tuple[str, int, int]]:
+    """`8x16,16x8` -> [(sweep, T, N)]: the sweep is `objects` when T is 8, else `frames`."""
+    try:
+        pairs = [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",") if item.strip()]
+    except ValueError:
+        pairs = []
+    if not pairs or any(len(p) != 2 or min(p) < 1 for p in pairs):
+        raise argparse.ArgumentTypeError(f"expected TxN points such as 8x16,16x8, got {text!r}")
+    return [("objects" if t == 8 else "frames", t, n) for t, n in pairs]
 
 
 def grid(
@@ -73,6 +85,52 @@ def run(
     return result
 
 
+def side_in_child(s: ts.Settings, name: str, budget_gb: float | None) -> dict[str, Any]:
+    """One side alone in a fresh process (train_step.py --side-child): its steps timed, its memory peak; a
+    child killed by the system (out of memory) or over `budget_gb` is reported as `out_of_memory`."""
+    cmd = [sys.executable, str(Path(ts.__file__).resolve()), "--side-child", name, *ts.settings_argv(s)]
+    if budget_gb is not None:
+        cmd.append(f"--memory-budget-gb={budget_gb}")
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode < 0:  # killed by a signal: the OOM killer on a machine without a budget
+        return {
+            "out_of_memory": True,
+            "budget_gb": budget_gb,
+            "error": f"killed by signal {-proc.returncode}",
+        }
+    if proc.returncode != 0:
+        raise RuntimeError(f"side child {name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_isolated(
+    base: ts.Settings,
+    points: list[tuple[str, int, int]],
+    names: tuple[str, ...],
+    budget_gb: float | None,
+    partial: Path | None = None,
+) -> dict[str, Any]:
+    """As `run`, but every side of every point in its own process, one after another (for points where all
+    sides together do not fit in memory); sides are not alternated, so load changes skew speed ratios more."""
+    result = ts.header(base, "scaling")
+    result.update(sides=list(names), isolated=True, memory_budget_gb=budget_gb)
+    rows = []
+    for sweep, t, n in points:
+        print(f"T={t} N={n} ...", flush=True)
+        s = replace(base, frames=t, objects=n)
+        figures = {name: side_in_child(s, name, budget_gb) for name in names}
+        rows.append({"sweep": sweep, "frames": t, "objects": n, **figures})
+        if partial is not None:
+            partial.write_text(json.dumps({**result, "points": rows}, indent=2) + "\n")
+    result["points"] = rows
+    counts = {r[name]["trainable_params"] for r in rows for name in names if "trainable_params" in r[name]}
+    if len(counts) > 1:
+        raise RuntimeError(f"trainable parameter counts differ between sides: {counts}")
+    result["trainable_params"] = counts.pop() if counts else None
+    result["environment"]["load_avg_end"] = ts._load_avg()
+    return result
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
     """Rows: step time (median, min-max band) and peak memory; columns: against T and against N."""
     import matplotlib
@@ -81,21 +139,21 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 7.5), squeeze=False)
-    mem_label = (
-        "peak RSS (MB)" if result["points"][0]["ours"]["memory"]["kind"] == "rss" else "peak alloc (MB)"
-    )
+    mem_label = "peak RSS (MB)" if result["settings"]["device"] == "cpu" else "peak alloc (MB)"
     for col, (sweep, xlabel) in enumerate(SWEEPS.items()):
         rows = [r for r in result["points"] if r["sweep"] == sweep]
         xs = [r[sweep] for r in rows]
         for side in result.get("sides", ts.SIDES):
             style = "s--" if side == "meta" else {"ours": "o-", "lean": "^-", "chunked": "v-"}.get(side, "x-")
             label = LABELS.get(side, side)
-            med = [r[side]["step_s"]["median"] for r in rows]
-            lo = [r[side]["step_s"]["min"] for r in rows]
-            hi = [r[side]["step_s"]["max"] for r in rows]
-            (line,) = axes[0, col].plot(xs, med, style, label=label)
-            axes[0, col].fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2)
-            axes[1, col].plot(xs, [r[side]["memory"]["peak_mb"] for r in rows], style, label=label)
+            fit = [r for r in rows if "step_s" in r[side]]  # out-of-memory points are left out
+            fx = [r[sweep] for r in fit]
+            med = [r[side]["step_s"]["median"] for r in fit]
+            lo = [r[side]["step_s"]["min"] for r in fit]
+            hi = [r[side]["step_s"]["max"] for r in fit]
+            (line,) = axes[0, col].plot(fx, med, style, label=label)
+            axes[0, col].fill_between(fx, lo, hi, color=line.get_color(), alpha=0.2)
+            axes[1, col].plot(fx, [r[side]["memory"]["peak_mb"] for r in fit], style, label=label)
         fixed = "objects" if sweep == "frames" else "frames"
         title = f"{fixed} = {rows[0][fixed]}" if rows else ""
         for row, ylabel in enumerate(("step time (s)", mem_label)):
@@ -109,7 +167,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     s = result["settings"]
     fig.suptitle(
         f"{result['device']}: {s['model']}, {s['image_size']} px, {s['prompt']} prompts, precision "
-        f"{s['precision']}, {result['trainable_params']:,} trainable"
+        f"{s['precision']}, {result['trainable_params'] or 0:,} trainable"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -129,12 +187,20 @@ def format_table(result: dict[str, Any]) -> str:
         meta = r["meta"]
         for side in result.get("sides", ts.SIDES):
             o = r[side]
+            if o.get("out_of_memory"):
+                budget = f" (budget {o['budget_gb']:g} GB)" if o.get("budget_gb") else ""
+                lines.append(f"{r['frames']:>3} {r['objects']:>3} {side:<8} out of memory{budget}")
+                continue
             step = o["step_s"]["median"]
-            speed = meta["step_s"]["median"] / step
-            mem = o["memory"]["peak_mb"] / meta["memory"]["peak_mb"]
+            speed = f"{meta['step_s']['median'] / step:>6.2f}" if "step_s" in meta else f"{'-':>6}"
+            mem = (
+                f"{o['memory']['peak_mb'] / meta['memory']['peak_mb']:>5.2f}"
+                if "memory" in meta
+                else f"{'-':>5}"
+            )
             lines.append(
                 f"{r['frames']:>3} {r['objects']:>3} {side:<8} {step:>8.3f} "
-                f"{step / (r['frames'] * r['objects']):>9.4f} {o['memory']['peak_mb']:>8.0f} {speed:>6.2f} {mem:>5.2f}"
+                f"{step / (r['frames'] * r['objects']):>9.4f} {o['memory']['peak_mb']:>8.0f} {speed} {mem}"
             )
     lines.append(
         "speed: Meta's s/step over the side's (>1 faster); mem: the side's peak over Meta's (<1 smaller)"
@@ -154,6 +220,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default="ours",
         help=f"our sides beside Meta's, comma-separated, of {list(ts.OUR_VARIANTS)} (default: ours)",
     )
+    parser.add_argument(
+        "--points",
+        type=_points,
+        help="explicit TxN points instead of the two sweeps, e.g. 8x16,8x32,16x8 (each in both sweeps it fits)",
+    )
+    parser.add_argument(
+        "--isolate",
+        action="store_true",
+        help="every side of every point in its own process (points where all sides do not fit together)",
+    )
+    parser.add_argument(
+        "--memory-budget-gb",
+        type=float,
+        help="with --isolate on CPU: a side needing more address space than this is reported out of memory",
+    )
     parser.add_argument("--tag", default="", help="suffix of the output files: scaling_<device><tag>.json")
     parser.add_argument("--out-dir", type=Path, default=ts.RESULTS)
     args = parser.parse_args(argv)
@@ -162,11 +243,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"--variants must include 'ours' and name only {list(ts.OUR_VARIANTS)}")
     fixed_t = args.fixed_frames or min(8, max(args.frames))
     fixed_n = args.fixed_objects or min(3, max(args.objects))
-    points = grid(args.frames, args.objects, fixed_t, fixed_n)
+    points = args.points or grid(args.frames, args.objects, fixed_t, fixed_n)
     base = ts.settings_from_args(args, points[0][1], points[0][2])
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.out_dir / f"scaling_{ts.device_slug(base.device)}{args.tag}"
-    result = run(base, points, (*variants, "meta"), partial=stem.with_suffix(".partial.json"))
+    partial = stem.with_suffix(".partial.json")
+    if args.isolate:
+        result = run_isolated(base, points, (*variants, "meta"), args.memory_budget_gb, partial)
+    else:
+        result = run(base, points, (*variants, "meta"), partial=partial)
     stem.with_suffix(".partial.json").unlink()
     result["grid"] = {
         "frames": args.frames,

@@ -442,6 +442,39 @@ def measure_memory(s: Settings, name: str) -> dict[str, float | str]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def side_alone(s: Settings, name: str, budget_gb: float | None) -> dict[str, Any]:
+    """Build only side `name` in this process, time warm-up + steps and take the memory high-water mark over
+    them all (build included: RSS on CPU, `max_memory_allocated` on CUDA). With `budget_gb` (CPU), allocations
+    beyond that much address space over the start are refused, so a side that needs more reports
+    `out_of_memory` instead of pushing the machine into its OOM killer."""
+    import resource
+
+    import training.loss_fns  # noqa: F401  (both sides import the same modules: same baseline RSS)
+    import training.model.sam2  # noqa: F401
+
+    import sam2train.train.module  # noqa: F401
+
+    apply_threads(s)
+    if budget_gb is not None and torch.device(s.device).type == "cpu":
+        limit = int((_proc_status_mb("VmSize") + budget_gb * 1024) * 2**20)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
+    device = torch.device(s.device)
+    try:
+        side = build_sides(s, (name,))[name]
+        side.set_batch(make_batch(s))
+        times = time_sides({name: side}, s.steps, s.warmup)[name]
+    except (MemoryError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "alloc" not in str(exc) and "out of memory" not in str(exc):
+            raise
+        return {"out_of_memory": True, "budget_gb": budget_gb, "error": str(exc).splitlines()[0][:200]}
+    if device.type == "cuda":
+        memory = {"kind": "cuda_max_allocated", "peak_mb": torch.cuda.max_memory_allocated(device) / 2**20}
+    else:
+        memory = {"kind": "rss", "peak_mb": _proc_status_mb("VmHWM")}
+    trainable = sum(p.numel() for p in side.params)
+    return {**summarize(times, s.frames, memory), "budget_gb": budget_gb, "trainable_params": trainable}
+
+
 def settings_argv(s: Settings) -> list[str]:
     """Command-line arguments that reproduce `s` (the device resolved)."""
     return [
@@ -652,8 +685,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--objects", type=int, default=3)
     parser.add_argument("--out", type=Path, help="JSON path (default: benchmarks/results/<device>.json)")
     parser.add_argument("--memory-child", choices=(*OUR_VARIANTS, "meta"), help=argparse.SUPPRESS)
+    parser.add_argument("--side-child", choices=(*OUR_VARIANTS, "meta"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory-budget-gb", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     s = settings_from_args(args, args.frames, args.objects)
+    if args.side_child:
+        result = side_alone(s, args.side_child, args.memory_budget_gb)
+        print(json.dumps(result))
+        return result
     if args.memory_child:
         result = memory_of_side(s, args.memory_child)
         print(json.dumps(result))

@@ -125,6 +125,6 @@ def test_resume_from_last(tmp_path: Path, capsys: pytest.CaptureFixture) -> None
     assert "before training" in first and "val/J&F" in first
     assert main([*common, "trainer.max_epochs=2", "--ckpt", "last"]) == 0
     runs = sorted((tmp_path / "runs" / "demo").iterdir())
-    assert [r.name for r in runs] == ["version_0", "version_1"]
-    final = json.loads((runs[1] / "final_metrics.json").read_text())
+    assert [r.name for r in runs] == ["version_0"]  # a resume continues in its own run folder
+    final = json.loads((runs[0] / "final_metrics.json").read_text())
     assert final["global_steps"] == 2 and final["epochs"] == 2  # continued from the first run's step 1

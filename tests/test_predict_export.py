@@ -5,6 +5,7 @@ name the culprit (exit status 2)."""
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import sys
 import warnings
@@ -268,3 +269,114 @@ def test_export_errors_name_the_file(lightning_ckpt, tmp_path, capsys):
         ["export", "--ckpt", str(lightning_ckpt), "--out", str(tmp_path / "x.ckpt")], capsys
     )
     assert not (tmp_path / "x.pt").exists()
+
+
+# ------------------------------------------------------------- config from the weights, several objects (#15)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory, sam2_factory) -> Path:
+    """A Lightning-style checkpoint of the tiny random SAM 2 at 128 px (objects always present): fast predicts."""
+    from conftest import TINY_CONFIG
+
+    model = sam2_factory(TINY_CONFIG, image_size=128)
+    with torch.no_grad():
+        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += 5.0
+    path = tmp_path_factory.mktemp("tiny") / "last.ckpt"
+    config = to_dict(load_config(None, [f"model.config={TINY_CONFIG}", "model.image_size=128"]))
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "sam2train_config": config},
+               path)  # fmt: skip
+    return path
+
+
+def test_official_config_is_read_from_the_weights(hiera_t_sam2, tiny_sam2, tmp_path, monkeypatch):
+    """The weights' shapes name one official config (none for the tiny model's); several is an error naming
+    them and --model-config."""
+    from sam2train.errors import UserError
+    from sam2train.eval.predict import model_config_from_weights
+    from sam2train.model.build import official_configs_matching
+
+    assert official_configs_matching(hiera_t_sam2.state_dict()) == ["sam2.1_hiera_t"]
+    assert official_configs_matching(tiny_sam2.state_dict()) == []
+    with pytest.raises(UserError, match="--model-config is required .* fits no official config"):
+        model_config_from_weights(tiny_sam2.state_dict(), tmp_path / "w.pt")
+    import sam2train.model.build as build
+
+    monkeypatch.setattr(build, "official_configs_matching", lambda sd: ["sam2.1_hiera_t", "sam2_hiera_t"])
+    with pytest.raises(
+        UserError, match="--model-config .* several official configs .*sam2.1_hiera_t, sam2_hiera_t"
+    ):
+        model_config_from_weights(hiera_t_sam2.state_dict(), tmp_path / "w.pt")
+
+
+def test_bare_pt_predicts_without_model_config(lightning_ckpt, synthetic, tmp_path, capsys):
+    """A {'model': sd} of hiera-t with no YAML beside it: predict builds sam2.1_hiera_t and says frames/s."""
+    sd = torch.load(lightning_ckpt, weights_only=True)["state_dict"]
+    weights = tmp_path / "bare" / "weights.pt"
+    weights.parent.mkdir()
+    torch.save({"model": {k.removeprefix("model."): v for k, v in sd.items()}}, weights)
+    masks = _predict(
+        weights, synthetic["frames"], tmp_path / "a", "--box", "40,30,70,60", "--image-size", "128"
+    )
+    assert len(masks) == 3 and masks["00000"].any()
+    assert "frames/s" in capsys.readouterr().out
+
+
+def test_points_and_boxes_prompt_one_object_each():
+    """`--points ID:...` and `--box ID:...` repeat; ids default to the value's place; clicks are padded with -1
+    and scaled as the predictor scales them (x * S / W, y * S / H)."""
+    from argparse import Namespace
+
+    from sam2train.batch import PROMPT_BOX, PROMPT_POINT
+    from sam2train.errors import UserError
+    from sam2train.eval.prompts import model_prompts
+
+    def prompts(points=None, box=None, objects=None):
+        args = Namespace(prompt_mask=None, points=points, box=box, objects=objects)
+        return model_prompts(args, (96, 128), 256)
+
+    ids, p = prompts(points=["3:10,10;5,5,0", "1:64,48"], box=["2:40,30,70,60"])
+    assert ids == [1, 2, 3] and p.kind.tolist() == [PROMPT_POINT, PROMPT_BOX, PROMPT_POINT]
+    assert p.point_labels.tolist() == [[1, -1], [-1, -1], [1, 0]]
+    assert p.point_coords[0, 0].tolist() == [128.0, 128.0] and p.point_coords[2, 1].tolist() == pytest.approx(
+        [10.0, 40 / 3]
+    )
+    assert p.boxes[1].tolist() == pytest.approx([80.0, 80.0, 140.0, 160.0]) and p.masks.shape == (3, 256, 256)
+    assert prompts(points=["5,5", "9,9,1"])[0] == [1, 2] and prompts(box=["1,1,9,9"])[0] == [1]
+    bad = {
+        "object 1 is prompted twice (--points and --box)": {"points": ["1:5,5"], "box": ["1,1,9,9"]},
+        "object id before ':'": {"points": ["0:5,5"]},
+        "--objects picks objects of --prompt-mask": {"points": ["5,5"], "objects": "1"},
+        "label must be 1": {"points": ["5,5,2"]},
+    }
+    for message, kwargs in bad.items():
+        with pytest.raises(UserError, match=re.escape(message)):
+            prompts(**kwargs)
+
+
+def test_several_objects_and_objects_from_a_mask_end_to_end(tiny_ckpt, synthetic, tmp_path, capsys, caplog):
+    """Two objects by a click and a box; `--objects` picks ids from a many-object mask, and an object whose mask
+    has no pixel at the model's size is named in a warning before tracking."""
+    frames = synthetic["frames"]
+    two = _predict(tiny_ckpt, frames, tmp_path / "a", "--points", "1:55,45", "--box", "2:0,0,30,20",
+                   "--image-size", "128")  # fmt: skip
+    assert len(two) == 3 and all(set(np.unique(m)) <= {0, 1, 2} for m in two.values())
+    labels = np.zeros((96, 128), np.uint8)
+    labels[30:60, 40:70], labels[0:20, 0:30], labels[80, 100] = 1, 4, 7  # object 7: one pixel
+    save_palette_png(tmp_path / "many.png", labels)
+    picked = _predict(tiny_ckpt, frames, tmp_path / "b", "--prompt-mask", str(tmp_path / "many.png"),
+                      "--objects", "4,7", "--image-size", "64")  # fmt: skip
+    assert all(set(np.unique(m)) <= {0, 4, 7} for m in picked.values()) and 4 in picked["00000"]
+    said = capsys.readouterr().err + caplog.text
+    assert "object(s) [7]" in said and "no pixel" in said and "[4]" not in said
+    argv = [
+        "predict",
+        "--checkpoint",
+        str(tiny_ckpt),
+        "--frames",
+        str(frames),
+        "--out",
+        str(tmp_path / "c"),
+    ]
+    err = _error([*argv, "--prompt-mask", str(tmp_path / "many.png"), "--objects", "4,5"], capsys)
+    assert "--objects" in err and "[5]" in err and "[1, 4, 7]" in err

@@ -2,7 +2,9 @@
 recipes freeze what they claim and allow the feature cache, and each recipe trains 2 steps end to end.
 
 That every shipped YAML parses (and holds the values it writes) is `test_config.py::test_every_shipped_yaml_parses`,
-which globs configs/ and so covers these files too; here are the checks specific to each recipe.
+which globs configs/ and so covers these files too; here are the checks specific to each recipe. The recipes ship
+as package data (`src/sam2train/recipes`, which `configs/` links to): `--config NAME`, `base: NAME` and
+`sam2train recipes` work from any folder and from a built wheel.
 """
 
 from __future__ import annotations
@@ -339,3 +341,91 @@ def test_frozen_encoder_recipe_fits(
         assert per_group[group]["trainable"] == expected, group
     if cache:
         assert list((tmp_path / "cache").rglob("*.f16"))  # frames of the clips seen were cached
+
+
+# ------------------------------------------------------------------------------------- shipped recipes (#15)
+
+
+def test_recipes_ship_inside_the_package() -> None:
+    """configs/ in a clone is the package's recipe folder, and pyproject's package data takes every recipe."""
+    import sam2train
+    from sam2train.config.recipes import RECIPES_DIR, recipe_names
+
+    assert CONFIGS.resolve() == RECIPES_DIR.resolve()
+    assert RECIPES_DIR.resolve().parent == Path(sam2train.__file__).resolve().parent
+    assert recipe_names() == sorted(p.stem for p in CONFIGS.glob("*.yaml")) and "davis" in recipe_names()
+    assert 'sam2train = ["recipes/*.yaml"]' in (REPO / "pyproject.toml").read_text()
+
+
+def test_recipe_by_name_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Outside the repository: `base: memory_only` in a user's YAML, `--config davis` on the command line; a file
+    of that name beside the YAML wins; an unknown name is an error naming it and the shipped recipes."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my.yaml").write_text("base: memory_only\ndata:\n  train_path: /data/train\n")
+    mine = load_config("my.yaml")
+    assert mine.model.trainable_modules == MEMORY_GROUPS and mine.data.train_path == "/data/train"
+    assert load_config(tmp_path / "my.yaml", ["optimizer.lr=1e-5"]).model == load_config(MEMORY_ONLY).model
+    assert load_config("davis") == load_config("davis.yaml") == load_config(CONFIGS / "davis.yaml")
+    assert main(["fit", "--config", "decoder_and_memory", "--print-config"]) == 0
+    assert "sam_mask_decoder" in capsys.readouterr().out
+    (tmp_path / "own").mkdir()
+    # a file at the path written wins (`davis.yaml` beside it), a bare name is the shipped recipe
+    (tmp_path / "own" / "davis.yaml").write_text("base: davis\ntrainer:\n  max_epochs: 3\n")
+    (tmp_path / "own" / "run.yaml").write_text("base: davis.yaml\n")
+    run = load_config(tmp_path / "own" / "run.yaml")
+    assert run.trainer.max_epochs == 3 and run.model == load_config("davis").model
+    (tmp_path / "bad.yaml").write_text("base: memory_onyl\n")
+    with pytest.raises(ConfigError) as err:
+        load_config("bad.yaml")
+    assert "base 'memory_onyl'" in str(err.value) and "'memory_only'" in str(err.value)
+    assert main(["fit", "--config", "nope", "--print-config"]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_recipes_command_lists_each_with_its_first_comment_line(capsys: pytest.CaptureFixture) -> None:
+    from sam2train.config.recipes import recipe_names
+
+    assert main(["recipes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == recipe_names()
+    for line, path in zip(lines, sorted(CONFIGS.glob("*.yaml"))):
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# ") and line.endswith(first[2:]), path.name
+        assert len(first) <= 120 and first.rstrip()[-1] in ".)", f"{path.name}: one whole sentence"
+
+
+@pytest.mark.slow
+def test_a_built_wheel_carries_the_recipes(tmp_path: Path) -> None:
+    """Build the wheel (no network: this environment's setuptools), unpack it and, from a folder outside the
+    repository with only the wheel's copy of sam2train importable, list the recipes and compose one by name."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "src"
+    shutil.copytree(
+        REPO / "src" / "sam2train", src / "src" / "sam2train", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(src)]
+    subprocess.run([*pip, "-w", str(tmp_path / "dist")], check=True, capture_output=True)
+    wheel = next((tmp_path / "dist").glob("sam2train-*.whl"))
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "my.yaml").write_text("base: memory_only\n")
+    code = (
+        "import sam2train, sys; from sam2train.cli import main; from sam2train.config import load_config; "
+        "print(sam2train.__file__); print(load_config('my.yaml').model.trainable_modules); "
+        "sys.exit(main(['recipes']))"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "site"), "HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(str(tmp_path / "site")) and lines[1] == str(MEMORY_GROUPS)
+    assert sorted(line.split()[0] for line in lines[2:]) == sorted(p.stem for p in CONFIGS.glob("*.yaml"))

@@ -13,7 +13,7 @@ from layouts import save_palette
 from sam2train.data.labels import read_labels
 from sam2train.data.sources import open_source
 from sam2train.eval.evaluate import evaluate_folders
-from sam2train.eval.predict import read_mask_prompt
+from sam2train.eval.prompts import read_mask_prompt
 
 H, W = 24, 32
 FRAMES = 3

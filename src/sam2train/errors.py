@@ -24,6 +24,10 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """The checkpoint file does not exist."""
 
 
+class UnsafeCheckpointError(CheckpointError):
+    """A pickled checkpoint that the safe unpickler refuses (loading it could run code) and nobody trusted."""
+
+
 class MissingDependencyError(UserError, ImportError):
     """An optional dependency (PyAV for video files, a logger package) is not installed."""
 

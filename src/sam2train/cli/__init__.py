@@ -1,5 +1,5 @@
 """The `sam2train` command: one module per command family (`train`: fit, validate; `data`: demo-data, check-data,
-inspect-data; `evaluation`: evaluate, predict, export; `benchmark`: benchmark).
+inspect-data; `evaluation`: evaluate, predict, export; `benchmark`: benchmark; `recipes`: recipes).
 
 Every user error (config, data, checkpoint) is reported as one line naming the culprit and exit status 2; only
 this package ever exits the process. Building the parser imports no torch, so `sam2train --help` answers at once.
@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 
-from sam2train.cli import benchmark, data, evaluation, train
+from sam2train.cli import benchmark, data, evaluation, recipes, train
 from sam2train.errors import UserError
 
 EXIT_USER_ERROR = 2
-FAMILIES = (train, data, evaluation, benchmark)
+FAMILIES = (train, data, evaluation, benchmark, recipes)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,8 +40,14 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A Python warning as the CLI prints it: one line, without the source line that raised it."""
+    return f"{category.__name__}: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _one_line_warning
     ours = logging.getLogger("sam2train")
     if not ours.handlers:
         ours.addHandler(_StderrHandler())

@@ -3,6 +3,7 @@ composition and dotted overrides and validates at load."""
 
 from sam2train.config.load import VALID_KEYS, config_from_dict, load_config, to_dict, to_yaml
 from sam2train.config.sections import (
+    ADAPTER_GROUPS,
     DATA_FORMATS,
     LOGGERS,
     LOSS_TYPES,
@@ -11,6 +12,7 @@ from sam2train.config.sections import (
     PROMPT_TYPES,
     SCHEDULERS,
     TRAINABLE_GROUPS,
+    AdapterConfig,
     AugmentConfig,
     CheckpointConfig,
     Config,
@@ -28,6 +30,7 @@ from sam2train.config.sections import (
 )
 
 __all__ = [
+    "ADAPTER_GROUPS",
     "DATA_FORMATS",
     "LOGGERS",
     "LOSS_TYPES",
@@ -37,6 +40,7 @@ __all__ = [
     "SCHEDULERS",
     "TRAINABLE_GROUPS",
     "VALID_KEYS",
+    "AdapterConfig",
     "AugmentConfig",
     "CheckpointConfig",
     "Config",

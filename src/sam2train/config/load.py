@@ -15,6 +15,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sam2train.config.recipes import recipe_names, shipped_recipe
 from sam2train.config.sections import Config, closest
 from sam2train.errors import ConfigError
 
@@ -46,11 +47,27 @@ def _check_keys(tree: dict, source: str, prefix: str = "") -> None:
             _check_keys(value, source, full + ".")
 
 
+def resolve_config_path(name: str | Path, relative_to: Path | None = None, what: str = "config file") -> Path:
+    """The YAML file a `--config` value or a `base:` entry names: a path (relative to the folder
+    `relative_to`, else to the working directory) when that file exists, else a shipped recipe by name
+    (`davis` or `davis.yaml`, see `config.recipes`). ConfigError naming the value and the shipped recipes
+    otherwise."""
+    path = Path(name).expanduser()
+    if relative_to is not None:
+        path = relative_to / path
+    if path.is_file():
+        return path
+    shipped = shipped_recipe(str(name))
+    if shipped is not None:
+        return shipped
+    hint = closest(Path(str(name)).stem, recipe_names())
+    raise ConfigError(f"{what} not found: {path} (shipped recipes: {', '.join(recipe_names())}).{hint}")
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[dict, str]]:
-    """The YAML at `path` preceded by its `base:` chain (a path or list of paths relative to the file)."""
+    """The YAML at `path` preceded by its `base:` chain: each a path relative to the file, or the name of a
+    shipped recipe (`base: davis`)."""
     path = path.resolve()
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
     if path in seen:
         raise ConfigError(f"{path}: 'base' chain loops back to itself")
     try:
@@ -62,7 +79,8 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[dict, str]
     bases = tree.pop("base", None) or []
     out: list[tuple[dict, str]] = []
     for base in [bases] if isinstance(bases, str) else bases:
-        out.extend(_read_yaml(path.parent / base, seen + (path,)))
+        found = resolve_config_path(str(base), path.parent, what=f"{path}: base '{base}'")
+        out.extend(_read_yaml(found, seen + (path,)))
     out.append((tree, str(path)))
     return out
 
@@ -96,12 +114,13 @@ def _merge(base: Any, layer: dict, source: str) -> Any:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Build a validated Config from dataclass defaults, the YAML chain at `path` and `key=value` overrides.
+    """Build a validated Config from dataclass defaults, the YAML chain at `path` (a file, or a shipped recipe's
+    name such as `davis`) and `key=value` overrides.
 
     Raises ConfigError naming the file and the key for unknown keys, wrong types and impossible values.
     """
     cfg = OmegaConf.structured(Config)
-    layers = _read_yaml(Path(path)) if path is not None else []
+    layers = _read_yaml(resolve_config_path(path)) if path is not None else []
     for item in overrides:
         key, value = _parse_override(item)
         layers.append((_nest(key, value), f"override '{item}'"))

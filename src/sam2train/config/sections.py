@@ -14,7 +14,8 @@ from omegaconf import MISSING
 
 from sam2train.errors import ConfigError
 
-DATA_FORMATS = ("davis", "coco_video", "sav", "youtube_vos")
+DATA_FORMATS = ("davis", "coco_video", "sav", "youtube_vos", "coco_images", "sa1b", "image_folder")
+IMAGE_CLIPS = ("single", "repeat", "pseudo_video")
 PROMPT_TYPES = ("mask", "box", "point", "mixed")
 OPTIMIZERS = ("AdamW", "Adam")
 SCHEDULERS = ("CosineAnnealingLR", "StepLR")
@@ -31,6 +32,8 @@ TRAINABLE_GROUPS = (
     "obj_ptr_tpos_proj",
     "free_parameters",
 )
+ADAPTER_GROUPS = ("image_encoder", "memory_attention", "memory_encoder", "sam_mask_decoder")
+"""Named LoRA target groups (`model.adapters.targets`); their module patterns are in `model/adapters.py`."""
 
 
 def _check(cond: bool, key: str, message: str) -> None:
@@ -82,13 +85,31 @@ class AugmentConfig:
 
 
 @dataclass
+class Sa1bConfig:
+    """Which SA-1B annotations are objects (Meta's SA1BSegmentLoader filters; an annotation of area 0 never is)."""
+
+    min_predicted_iou: float = 0.0
+    """Leave out annotations whose `predicted_iou` is below this (0: keep all)."""
+    min_stability_score: float = 0.0
+    """Leave out annotations whose `stability_score` is below this (Meta's `uncertain_iou`; 0: keep all)."""
+    max_area_fraction: float = 1.0
+    """Leave out annotations covering more than this fraction of the image (Meta's `mask_area_frac_thresh`)."""
+
+    def __post_init__(self) -> None:
+        for name in ("min_predicted_iou", "min_stability_score"):
+            _check(0.0 <= getattr(self, name) <= 1.0, f"data.sa1b.{name}", "must be in [0, 1]")
+        _check(0.0 < self.max_area_fraction <= 1.0, "data.sa1b.max_area_fraction", "must be in (0, 1]")
+
+
+@dataclass
 class SourceConfig:
     """One training source of `data.train` (several are mixed by weight)."""
 
     path: str = MISSING
     """A dataset folder or JSON file, as data.train_path."""
     format: str | None = None
-    """davis | coco_video | sav | youtube_vos; detected from the path when null."""
+    """davis | coco_video | sav | youtube_vos, or images: coco_images | sa1b | image_folder; detected from the path
+    when null."""
     images_root: str | None = None
     """Folder that JSON `file_name`s are relative to (default: the JSON file's folder)."""
     videos: list[str] | None = None
@@ -113,7 +134,8 @@ class DataConfig:
     val_path: str | None = None
     """Same as train_path, for validation. Null disables validation."""
     format: str | None = None
-    """davis | coco_video | sav; detected from the path when null."""
+    """davis | coco_video | sav | youtube_vos, or images: coco_images | sa1b | image_folder; detected from the path
+    when null."""
     images_root: str | None = None
     """Folder that `file_name` in JSON formats is relative to (default: the JSON file's folder)."""
     train_videos: list[str] | None = None
@@ -149,6 +171,18 @@ class DataConfig:
     check_at_setup: bool = True
     """`fit` first runs the fast part of `sam2train check-data` (headers, masks, JSON schema, clip lengths) and
     stops on any error; turn off for very large datasets already checked."""
+    image_clip: str = "pseudo_video"
+    """How an image of an image source (coco_images, sa1b, image_folder) becomes a training clip: `single` (one
+    frame), `repeat` (the image clip_length times, each copy augmented on its own, as Meta trains on SA-1B) or
+    `pseudo_video` (clip_length frames of a smooth random motion of the image and its objects). Each batch holds
+    clips of one length (`sam2train.data.sampling`)."""
+    images_dir: str | None = None
+    """Frames folder of DAVIS-style and image_folder sources; null: `JPEGImages` (image_folder: `images`), or
+    `images` when only that exists."""
+    masks_dir: str | None = None
+    """Masks folder of DAVIS-style and image_folder sources; null: `Annotations` (image_folder: `masks`), or
+    `masks` when only that exists."""
+    sa1b: Sa1bConfig = field(default_factory=Sa1bConfig)
 
     def __post_init__(self) -> None:
         if self.format is not None:
@@ -169,6 +203,46 @@ class DataConfig:
         )
         _check(0.0 <= self.reverse_time_prob <= 1.0, "data.reverse_time_prob", "must be in [0, 1]")
         _check(self.train is None or len(self.train) > 0, "data.train", "lists no source")
+        _check_choice(self.image_clip, "data.image_clip", IMAGE_CLIPS)
+
+
+@dataclass
+class AdapterConfig:
+    """Parameter-efficient fine-tuning: LoRA adapters (through `peft`) on SAM 2's linear and convolution layers.
+    The adapted base weights stay frozen; `export` merges the adapters into them."""
+
+    type: str | None = None
+    """`lora`, or null for no adapters."""
+    r: int = 8
+    """LoRA rank (the inner dimension of each adapter)."""
+    alpha: float = 16.0
+    """LoRA scaling numerator: an adapter's update is scaled by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on an adapter's input (training only)."""
+    targets: list[str] = field(default_factory=lambda: ["image_encoder", "memory_attention"])
+    """Where adapters go: named groups (image_encoder: Hiera attention qkv/proj and MLP; memory_attention:
+    self/cross-attention projections; memory_encoder: its convolutions and fuser MLP; sam_mask_decoder: the
+    two-way transformer's attention projections) or regular expressions over full module names (a name with a
+    `.`, e.g. `obj_ptr_proj\\.layers\\.\\d+`)."""
+    path: str | None = None
+    """Adapter weights to start from (a folder written by `sam2train export --adapters-only`), on top of
+    `model.checkpoint`; null: fresh adapters (LoRA's B = 0, so the model starts as the base)."""
+
+    def __post_init__(self) -> None:
+        if self.type is not None:
+            _check_choice(self.type, "model.adapters.type", ("lora",))
+        _check(self.r >= 1, "model.adapters.r", "must be >= 1")
+        _check(self.alpha > 0, "model.adapters.alpha", "must be > 0")
+        _check(0.0 <= self.dropout < 1.0, "model.adapters.dropout", "must be in [0, 1)")
+        _check(self.type is None or len(self.targets) > 0, "model.adapters.targets", "names no target")
+        for i, name in enumerate(self.targets):
+            if is_group_name(name):
+                _check_choice(name, f"model.adapters.targets[{i}]", ADAPTER_GROUPS)
+
+
+def is_group_name(target: str) -> bool:
+    """Whether an adapter target is a group name (a plain word) rather than a module-name pattern."""
+    return target.replace("_", "").isalnum()
 
 
 @dataclass
@@ -178,7 +252,13 @@ class ModelConfig:
     config: str = "sam2.1_hiera_t"
     """An official config name (sam2.1_hiera_t/s/b+/l, sam2_hiera_*) or a path to a SAM 2 model YAML."""
     checkpoint: str | None = None
-    """An official checkpoint (`{"model": state_dict}`); null initialises randomly (with a warning)."""
+    """The weights to start from: an official checkpoint (`{"model": state_dict}`), a `.safetensors` file, a
+    previous fine-tune's Lightning checkpoint (`runs/.../best.ckpt`: its weights only), or a transformers SAM 2
+    folder (`config.json` + `model.safetensors`; needs the `hf` extra); null initialises randomly (with a
+    warning)."""
+    trust_checkpoint: bool = False
+    """Unpickle `checkpoint` in full even when the safe loader refuses it (a pickle can run code when loaded):
+    only for a file you made yourself."""
     image_size: int = 1024
     """Square input resolution for data and model; a multiple of 32 (the backbone's total stride)."""
     trainable_modules: list[str] = field(default_factory=lambda: ["memory_attention", "memory_encoder"])
@@ -199,6 +279,9 @@ class ModelConfig:
     effect on a frozen encoder, which keeps no activations anyway."""
     compile_image_encoder: bool = False
     """torch.compile the image encoder (first steps slower while it compiles)."""
+    compile_memory_attention: bool = False
+    """torch.compile the memory attention with dynamic shapes (its memory grows frame by frame): the first steps
+    are slower while it compiles; pays on GPUs, where its many small attention kernels get fused."""
     cache_features: bool = False
     """Frozen image encoder and no image augmentation: keep each frame's backbone features on disk (fp16,
     memory-mapped) and skip the encoder after the first epoch. Keyed by checkpoint, config, resolution and frame."""
@@ -209,6 +292,8 @@ class ModelConfig:
     another, each group's backward done before the next group runs; the image encoder runs once per clip (its
     backward once, with the summed feature gradient). Memory then grows with this number instead of with the
     batch's objects, at the same gradients (up to float rounding). Null: all objects at once. Not with fsdp."""
+    adapters: AdapterConfig = field(default_factory=AdapterConfig)
+    """LoRA adapters (`type: lora`); they train besides `trainable_modules`, which may then be empty."""
 
     def __post_init__(self) -> None:
         _check(
@@ -217,8 +302,19 @@ class ModelConfig:
             f"must be a multiple of 32 (the backbone stride) and >= 64, got {self.image_size}",
         )
         _check(
-            len(self.trainable_modules) > 0, "model.trainable_modules", "names no group: nothing would train"
+            len(self.trainable_modules) > 0 or self.adapters.type is not None,
+            "model.trainable_modules",
+            "names no group (and model.adapters.type is null): nothing would train",
         )
+        if self.adapters.type is not None:
+            both = sorted(set(self.adapters.targets) & set(self.trainable_modules))
+            _check(not both, "model.adapters.targets", f"{both} also train fully (model.trainable_modules)")
+            _check(
+                not (self.cache_features and "image_encoder" in self.adapters.targets),
+                "model.cache_features",
+                "cached features need an image encoder without adapters; drop 'image_encoder' from "
+                "model.adapters.targets or set model.cache_features: false",
+            )
         for i, name in enumerate(self.trainable_modules):
             _check_choice(name, f"model.trainable_modules[{i}]", TRAINABLE_GROUPS)
         _check(self.eval_chunk_frames >= 1, "model.eval_chunk_frames", "must be >= 1")
@@ -365,6 +461,10 @@ class OptimizerConfig:
     no_weight_decay: list[str] = field(default_factory=lambda: ["bias", "norm", "pos_embed"])
     """Parameters without weight decay: names containing one of these (`norm` also matches every parameter of
     a normalisation layer)."""
+    fused: bool | None = None
+    """One fused kernel for the whole update instead of several per tensor. null: on when the parameters are on a
+    CUDA GPU (off under 16-mixed with gradient clipping, which a fused step cannot take); true: wherever torch has
+    the kernel (CUDA, CPU), an error under 16-mixed with clipping; false: torch's default (foreach)."""
 
     def __post_init__(self) -> None:
         _check_choice(self.type, "optimizer.type", OPTIMIZERS)
@@ -449,6 +549,13 @@ class TrainerConfig:
     max_bad_steps: int = 20
     """A step whose loss or gradient is NaN/Inf is skipped (logged as train/skipped_steps); this many in a row stop
     the run with an error, keeping the last checkpoint."""
+    matmul_precision: str | None = None
+    """float32 matrix products (torch.set_float32_matmul_precision): highest | high (TF32 on Ampere and later GPUs,
+    about 8x the FLOP/s of float32 at 10 mantissa bits) | medium (bfloat16). null: high on CUDA, the CPU untouched."""
+    cudnn_benchmark: bool | None = None
+    """cuDNN times its convolution algorithms on each new input shape and keeps the fastest. null: on on CUDA when
+    the sizes are fixed (data.max_objects set: clips are always data.clip_length frames of model.image_size, the
+    object count is what varies) and trainer.deterministic is off; off otherwise."""
 
     def __post_init__(self) -> None:
         self.precision = str(self.precision)
@@ -463,6 +570,8 @@ class TrainerConfig:
         _check(self.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", "must be >= 1")
         _check(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", "must be >= 1")
         _check(self.max_bad_steps >= 1, "trainer.max_bad_steps", "must be >= 1")
+        if self.matmul_precision is not None:
+            _check_choice(self.matmul_precision, "trainer.matmul_precision", ("highest", "high", "medium"))
         _check(self.num_nodes >= 1, "trainer.num_nodes", "must be >= 1")
         for key in ("val_check_interval", "limit_train_batches", "limit_val_batches"):
             value = getattr(self, key)
@@ -495,6 +604,9 @@ class LoggingConfig:
     """rich | tqdm | none."""
     viz_every_n_epochs: int = 1
     """Every this many epochs, write an overlay strip (PNG) and GIF of one validation video; 0 disables."""
+    viz_videos: list[str] | None = None
+    """Names of the validation videos drawn every time (their first window); null: one video per drawing, the
+    next validated one each time (over the batches `trainer.limit_val_batches` keeps)."""
 
     def __post_init__(self) -> None:
         for i, name in enumerate(self.loggers):

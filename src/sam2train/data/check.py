@@ -101,7 +101,7 @@ def _check_source(
     """Run the source's reader in record mode. Problems of the whole source name its config key
     (`data.train[1] (ytvos)` for an entry of `data.train`); `several`: the scanned line names the source too."""
     from sam2train.data.problems import ProblemSink
-    from sam2train.data.sources import read_source, resolve_format
+    from sam2train.data.sources import ReadOptions, read_source, resolve_format
     from sam2train.errors import DataError
 
     data = cfg.data
@@ -111,20 +111,27 @@ def _check_source(
         report.add(ERROR, path, "", f"dataset path not found ({spec.where})")
         return
     try:
-        fmt, parsed = resolve_format(path, spec.format, spec.images_root)
+        options = ReadOptions.from_config(data)
+        fmt, parsed = resolve_format(path, spec.format, spec.images_root, options)
     except DataError as exc:
         message = str(exc).removeprefix(f"{path}: ")  # the problem's path column names it
         report.add(ERROR, path, "", f"{spec.where}: {message}" if several else message)
         return
     sink = ProblemSink(record=True, full=not fast)
-    source = read_source(path, fmt, parsed, spec.images_root, spec.videos, sink)
+    source = read_source(path, fmt, parsed, spec.images_root, spec.videos, sink, options)
+    if getattr(source, "detected", ""):  # DAVIS-style folders found under the names `images` / `masks`
+        sink.problems.insert(0, Problem(INFO, path, "", source.detected))  # type: ignore[union-attr]
     start = len(report.problems)
     report.problems += sink.problems
     videos = source.checked if source is not None else []
     length, key = (
         (data.clip_length, "data.clip_length") if train else (data.val_clip_length, "data.val_clip_length")
     )
+    if source is not None and source.still_images:  # each image is one clip, whatever the clip length
+        length = None
     _check_videos(videos, path, length, key, sink.errors_of(), report, data.track_later_objects)
+    if not train:
+        _check_scorable(videos, path, length, cfg, report)
     frames = sum(v.frames for v in videos)
     report.videos += len(videos)
     report.frames += frames
@@ -199,12 +206,59 @@ def _check_videos(
         report.add(ERROR, path, "", f"no usable video {need}: the run cannot start")
 
 
+SCORED_METRICS = ("val/J", "val/F", "val/J&F")
+"""Validation metrics that need a frame after an object's prompt frame."""
+
+
+def _check_scorable(
+    videos: list[VideoCheck], path: Path, length: int | None, cfg: Config, report: Report
+) -> None:
+    """Validation scores J and F on the annotated frames after an object's prompt frame: a video annotated on
+    one frame only (a "prompt-only" set) has nothing to score. None scorable: an error when a monitor needs J or F
+    (`fit` would stop at setup), else a warning; some: one warning listing them."""
+    usable = [v for v in videos if not v.broken and not v.skip and any(v.annotated)]
+    if not usable:
+        return  # _check_videos has reported it
+    window_ok = length is None or length >= 2
+    unscorable = [
+        v.name for v in usable if not (window_ok and len(v.annotated) >= 2 and any(v.annotated[:-1]))
+    ]
+    if not unscorable:
+        return
+    what = "no annotated frame after its prompt frame: J and F have nothing to score there"
+    if len(unscorable) < len(usable):
+        shown = ", ".join(unscorable[:_MAX_SHOWN]) + (
+            f" and {len(unscorable) - _MAX_SHOWN} more" if len(unscorable) > _MAX_SHOWN else ""
+        )
+        report.add(WARNING, path, "", f"{_plural(len(unscorable), 'validation video')} with {what}: {shown}")
+        return
+    monitors = {"checkpoint.monitor": cfg.checkpoint.monitor}
+    if cfg.early_stopping.enabled:
+        monitors["early_stopping.monitor"] = cfg.early_stopping.monitor
+    needing = [f"{k}={m}" for k, m in monitors.items() if m in SCORED_METRICS]
+    reason = (
+        "data.val_clip_length=1 leaves one frame per clip"
+        if not window_ok
+        else "every validation video is annotated on its prompt frame only"
+    )
+    message = f"no validation video has an annotated frame after its prompt frame ({reason}): J and F cannot be scored"
+    if needing:
+        report.add(
+            ERROR,
+            path,
+            "",
+            f"{message}, and {', '.join(needing)} needs them; annotate later frames or monitor val/total",
+        )
+    else:
+        report.add(WARNING, path, "", f"{message}; only the validation losses are logged")
+
+
 def _reader_agrees(cfg: Config, spec: SourceSpec, train: bool, report: Report) -> None:
     """Open the data the way `fit` does; a DataError the scan missed is still an error."""
     import warnings
 
     from sam2train.data.sampling import build_index
-    from sam2train.data.sources import open_source
+    from sam2train.data.sources import ReadOptions, open_source
     from sam2train.errors import DataError
 
     data = cfg.data
@@ -212,9 +266,14 @@ def _reader_agrees(cfg: Config, spec: SourceSpec, train: bool, report: Report) -
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the scan has reported them, file by file
             source = open_source(
-                spec.path, format=spec.format, images_root=spec.images_root, videos=spec.videos
+                spec.path,
+                format=spec.format,
+                images_root=spec.images_root,
+                videos=spec.videos,
+                options=ReadOptions.from_config(data),
             )
             length = data.clip_length if train else data.val_clip_length
+            length = None if source.still_images else length
             build_index(source.videos, length, data.stride, train=train, source_name=spec.name)
     except DataError as exc:
         report.add(ERROR, Path(spec.path), "", f"the reader rejects this data: {exc}")

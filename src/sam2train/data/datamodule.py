@@ -2,7 +2,8 @@
 
 Training reads `data.train_path`, or every source of `data.train` mixed by weight (`MixedClips`); either way the
 loader's EpochSampler shuffles, shards and resumes the epoch, and each item is a pure function of
-(seed, epoch, index).
+(seed, epoch, index). Image sources index one window per image; when their clips and the videos' differ in length
+(`data.image_clip: single`), each batch holds clips of one length (`EpochSampler(groups=...)`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from sam2train.batch import VideoSample, collate_videos
 from sam2train.config import Config
 from sam2train.data.dataset import ClipDataset
 from sam2train.data.sampling import EpochSampler, MixedClips, build_index
-from sam2train.data.sources import open_source
+from sam2train.data.sources import ReadOptions, open_source
 from sam2train.data.sources.base import SourceSpec, VideoSource, configured_sources
 from sam2train.errors import DataError
 
@@ -45,11 +46,20 @@ def open_one(spec: SourceSpec, cfg: Config, train: bool) -> OpenedSource:
     """Open one source and index its clips; a DataError names the source (its config key and name)."""
     data = cfg.data
     try:
-        source = open_source(spec.path, format=spec.format, images_root=spec.images_root, videos=spec.videos)
+        source = open_source(
+            spec.path,
+            format=spec.format,
+            images_root=spec.images_root,
+            videos=spec.videos,
+            options=ReadOptions.from_config(data),
+        )
         if not source.videos:
             raise DataError(f"{spec.path}: no usable video (skipped: {source_skipped(source)})")
         length = data.clip_length if train else data.val_clip_length
-        index = build_index(source.videos, length, data.stride, train=train, source_name=spec.name)
+        stride = data.stride
+        if source.still_images:  # one window per image, made a clip by data.image_clip
+            length, stride = (1, 1) if train else (None, 1)
+        index = build_index(source.videos, length, stride, train=train, source_name=spec.name)
     except DataError as exc:
         raise DataError(f"{spec.where}: {exc}") from None
     return OpenedSource(spec, source, ClipDataset(source, index, cfg, train=train))
@@ -188,12 +198,19 @@ class SAM2LightningDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset[VideoSample], train: bool) -> DataLoader:
         data = self.config.data
         rank, world = self._rank()
-        sampler = EpochSampler(
-            len(dataset), shuffle=train, seed=self.config.seed, rank=rank, world_size=world
-        )
-        trainer = getattr(self, "trainer", None)
         # whole-video validation clips differ in length: one video per batch
         batch_size = data.batch_size if train or data.val_clip_length is not None else 1
+        groups = dataset.clip_lengths() if train and isinstance(dataset, MixedClips) else None
+        sampler = EpochSampler(
+            len(dataset),
+            shuffle=train,
+            seed=self.config.seed,
+            rank=rank,
+            world_size=world,
+            groups=groups,
+            batch_size=batch_size,
+        )
+        trainer = getattr(self, "trainer", None)
         resumable = train and trainer is not None
         cls = ResumableLoader if resumable else DataLoader
         extra = {"progress": self._batches_done, "epoch": self._epoch} if resumable else {}

@@ -1,15 +1,23 @@
-"""The clip dataset: source -> clip sampler -> transforms -> prompts and schedule -> VideoSample."""
+"""The clip dataset: source -> clip sampler -> transforms -> prompts and schedule -> VideoSample.
+
+An image source (`VideoSource.still_images`) gives one window per image; `data.image_clip` makes it a clip:
+`single` (T = 1), `repeat` (the image T = clip_length times, each copy augmented on its own) or `pseudo_video`
+(`sam2train.data.pseudo_video`, then the clip augmentation of videos). Validation always uses `single`.
+"""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from sam2train.batch import VideoSample
-from sam2train.config import Config
+from sam2train.config import Config, PromptsConfig
 from sam2train.data.prompts import make_prompts
-from sam2train.data.sampling import ClipRef, clip_positions, sample_generator, select_objects
+from sam2train.data.pseudo_video import pseudo_video
+from sam2train.data.sampling import ClipRef, clip_positions, pick_ids, sample_generator, select_objects
 from sam2train.data.sources.base import FrameMasks, VideoInfo, VideoSource
 from sam2train.data.transforms import ClipAugment, resize_frame, resize_masks, resize_nearest
 from sam2train.errors import DataError
@@ -35,6 +43,18 @@ class ClipDataset(Dataset[VideoSample]):
         self.train = train
         self.augment = ClipAugment(cfg.data.aug) if train and cfg.data.augment else None
         self.prompt_type = cfg.prompts.type if train else (cfg.prompts.val_type or cfg.prompts.type)
+        self.image_clip = (cfg.data.image_clip if train else "single") if source.still_images else None
+        """How an image becomes a clip (`data.image_clip`); None for a video source."""
+        self.prompts = cfg.prompts
+        if self.image_clip == "single":
+            self.prompt_type, self.prompts = no_mask_prompts(self.prompt_type, cfg.prompts)
+
+    @property
+    def clip_length(self) -> int | None:
+        """Frames of every training clip (None: whole videos, of any length)."""
+        if self.image_clip == "single":
+            return 1
+        return self.cfg.data.clip_length if self.train else self.cfg.data.val_clip_length
 
     def __len__(self) -> int:
         return len(self.index)
@@ -55,6 +75,62 @@ class ClipDataset(Dataset[VideoSample]):
     def _load(self, video: VideoInfo, ref: ClipRef, epoch: int, i: int) -> VideoSample:
         seed = self.cfg.seed if self.train else self.cfg.seed + _VAL_SEED_OFFSET
         g = sample_generator(seed, epoch if self.train else 0, i)
+        if self.image_clip is not None:
+            frames, masks, void, obj_ids = self._image_clip(video, g)
+            indices = torch.arange(len(frames), dtype=torch.long)
+        else:
+            frames, masks, void, obj_ids, indices = self._video_clip(video, ref, g)
+        frames, masks, void, obj_ids, prompt_frames = self._augment(
+            frames, masks, void, obj_ids, g, per_frame=self.image_clip == "repeat"
+        )
+        prompt_masks = masks[prompt_frames, torch.arange(len(obj_ids))]
+        prompts = make_prompts(prompt_masks, self.prompts, g, train=self.train, prompt_type=self.prompt_type)
+        cond_frames, correct_frames = self._schedule(len(frames), g)
+        return VideoSample(
+            images=frames,
+            masks=masks.float(),
+            ignore=void,
+            prompts=prompts,
+            video_name=video.name,
+            frame_indices=indices,
+            object_ids=torch.tensor(obj_ids, dtype=torch.long),
+            orig_size=video.size,
+            num_video_frames=len(video.frames) if self.image_clip is None else len(frames),
+            prompt_frames=prompt_frames,
+            cond_frames=cond_frames,
+            correct_frames=correct_frames,
+            seed=int(torch.randint(0, 2**31 - 1, (1,), generator=g)),
+        )
+
+    def _image_clip(
+        self, video: VideoInfo, g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+        """An image as frames [T,3,S,S] uint8, masks [T,K,S,S] bool, void [T,S,S] bool and its object ids; only
+        the tracked objects' masks are read (at most `data.max_objects`, drawn as for videos)."""
+        obj_ids = pick_ids(video.object_ids, self.cfg.data.max_objects, g if self.train else None)
+        fm = self.source.load_objects(video, obj_ids)  # type: ignore[attr-defined]
+        size = self.cfg.model.image_size
+        frame = resize_frame(self.source.load_image(video, 0), size)
+        masks = torch.zeros(len(obj_ids), *video.size, dtype=torch.bool)
+        for k, o in enumerate(obj_ids):
+            masks[k] = torch.from_numpy(fm.get(o))
+        masks, void = resize_masks(masks, size), resize_nearest(torch.from_numpy(fm.void), size)
+        length = self.clip_length or 1
+        if self.image_clip == "pseudo_video":
+            frames, clip_masks, clip_void = pseudo_video(frame, masks, void, length, g)
+            return frames, clip_masks, clip_void, obj_ids
+        return (
+            frame.expand(length, -1, -1, -1).clone(),
+            masks.expand(length, -1, -1, -1).clone(),
+            void.expand(length, -1, -1).clone(),
+            obj_ids,
+        )
+
+    def _video_clip(
+        self, video: VideoInfo, ref: ClipRef, g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int], torch.Tensor]:
+        """A window of a video: frames [T,3,S,S] uint8, masks [T,K,S,S] bool, void [T,S,S] bool, object ids and
+        frame indices [T]."""
         positions = clip_positions(video, ref, g if self.train else None)
         reverse = self.cfg.data.reverse_time_prob if self.train else 0.0
         if reverse > 0 and float(torch.rand((), generator=g)) < reverse:
@@ -71,27 +147,8 @@ class ClipDataset(Dataset[VideoSample]):
                 masks[t, k] = torch.from_numpy(fm.get(o))
         void = torch.from_numpy(np.stack([fm.void for fm in frame_masks]))
         masks, void = resize_masks(masks, size), resize_nearest(void, size)
-        frames, masks, void, obj_ids, prompt_frames = self._augment(frames, masks, void, obj_ids, g)
-        prompt_masks = masks[prompt_frames, torch.arange(len(obj_ids))]
-        prompts = make_prompts(
-            prompt_masks, self.cfg.prompts, g, train=self.train, prompt_type=self.prompt_type
-        )
-        cond_frames, correct_frames = self._schedule(len(positions), g)
-        return VideoSample(
-            images=frames,
-            masks=masks.float(),
-            ignore=void,
-            prompts=prompts,
-            video_name=video.name,
-            frame_indices=torch.tensor([video.frames[p].index for p in positions], dtype=torch.long),
-            object_ids=torch.tensor(obj_ids, dtype=torch.long),
-            orig_size=video.size,
-            num_video_frames=len(video.frames),
-            prompt_frames=prompt_frames,
-            cond_frames=cond_frames,
-            correct_frames=correct_frames,
-            seed=int(torch.randint(0, 2**31 - 1, (1,), generator=g)),
-        )
+        indices = torch.tensor([video.frames[p].index for p in positions], dtype=torch.long)
+        return frames, masks, void, obj_ids, indices
 
     def _prompt_frames(self, masks: torch.Tensor) -> torch.Tensor:
         """masks [T, K, H, W] bool -> [K] long: the frame each object is prompted on, its first non-empty one
@@ -108,8 +165,10 @@ class ClipDataset(Dataset[VideoSample]):
         void: torch.Tensor,
         obj_ids: list[int],
         g: torch.Generator,
+        per_frame: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int], torch.Tensor]:
-        """Augment the clip and find each object's prompt frame ([K] long, see `_prompt_frames`).
+        """Augment the clip and find each object's prompt frame ([K] long, see `_prompt_frames`). `per_frame`:
+        each frame gets its own draw (Meta's augmentation of a repeated image), else one draw moves the clip.
 
         A draw that pushes a tracked object out of its prompt frame is redrawn (up to a few times, from the same
         generator, so it stays reproducible; an empty mask stays empty, so an accepted draw keeps every prompt
@@ -119,7 +178,7 @@ class ClipDataset(Dataset[VideoSample]):
         first = self._prompt_frames(masks)
         if self.augment is not None:
             for _ in range(_AUGMENT_TRIES):
-                f, m, z = self.augment(frames, masks, void, g)
+                f, m, z = self._draw(frames, masks, void, g, per_frame)
                 if all(m[first[k], k].any() for k in k_all if first[k] >= 0):
                     frames, masks, void = f, m, z
                     break
@@ -129,6 +188,22 @@ class ClipDataset(Dataset[VideoSample]):
             masks, first = masks[:, keep], first[keep]
             obj_ids = [obj_ids[k] for k in keep]
         return frames, masks, void, obj_ids, first
+
+    def _draw(
+        self,
+        frames: torch.Tensor,
+        masks: torch.Tensor,
+        void: torch.Tensor,
+        g: torch.Generator,
+        per_frame: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        assert self.augment is not None
+        if not per_frame:
+            return self.augment(frames, masks, void, g)
+        drawn = [
+            self.augment(frames[t : t + 1], masks[t : t + 1], void[t : t + 1], g) for t in range(len(frames))
+        ]
+        return tuple(torch.cat(parts) for parts in zip(*drawn))  # type: ignore[return-value]
 
     def _schedule(self, num_frames: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Conditioning and correction frames of a training clip, as Meta's `prepare_prompt_inputs` draws them
@@ -154,6 +229,19 @@ class ClipDataset(Dataset[VideoSample]):
         rest = torch.tensor([t for t in range(1, num_frames) if t not in taken], dtype=torch.long)
         extra = rest[torch.randperm(len(rest), generator=g)[: f - c]] if f > c else none
         return cond, torch.cat([torch.zeros(1, dtype=torch.long), cond, extra])
+
+
+def no_mask_prompts(prompt_type: str, cfg: PromptsConfig) -> tuple[str, PromptsConfig]:
+    """The prompts of a one-frame clip: SAM 2 outputs a mask prompt as it is on its frame, so a lone frame
+    prompted with its mask teaches nothing (and scores perfectly): `mask` becomes `box`, and `mixed` draws a box
+    or points in proportion to their probabilities."""
+    if prompt_type == "mask":
+        return "box", cfg
+    if prompt_type != "mixed":
+        return prompt_type, cfg
+    rest = cfg.box_prob + cfg.point_prob
+    box = cfg.box_prob / rest if rest > 0 else 1.0
+    return prompt_type, replace(cfg, mask_prob=0.0, box_prob=box, point_prob=1.0 - box)
 
 
 def _clip_union(frame_masks: list[FrameMasks]) -> FrameMasks:

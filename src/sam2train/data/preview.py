@@ -83,6 +83,11 @@ def inspect_dataset(cfg: Config, out_png: Path, train: bool = True) -> str:
         lines.append(
             f"  clips in its index: {len(o.dataset)}" if several else f"  clips per epoch: {len(dataset)}"
         )
+        if o.dataset.image_clip is not None:
+            frames = o.dataset.clip_length
+            lines.append(
+                f"  images made clips of {frames} frame(s): {o.dataset.image_clip} (data.image_clip)"
+            )
         tiles, title = clip_tiles(o.dataset[0])
         rows.append(tiles)
         titles.append(f"{o.spec.name}: {title}" if several else title)

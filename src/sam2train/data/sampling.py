@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import warnings
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -87,12 +88,19 @@ def select_objects(
     """Ids of the objects to track: those non-empty in the clip's first frame, at most `max_objects` (None: all
     of them; a random subset when a generator is given, else the lowest ids)."""
     present = [int(i) for i, m in zip(first.ids, first.masks) if m.any()]
-    if max_objects is None or len(present) <= max_objects:
-        return sorted(present)
+    return pick_ids(present, max_objects, generator)
+
+
+def pick_ids(ids: Sequence[int], max_objects: int | None, generator: torch.Generator | None) -> list[int]:
+    """At most `max_objects` of `ids` (None: all), sorted: a random subset when a generator is given, else the
+    lowest ids."""
+    ids = [int(i) for i in ids]
+    if max_objects is None or len(ids) <= max_objects:
+        return sorted(ids)
     if generator is None:
-        return sorted(present)[:max_objects]
-    pick = torch.randperm(len(present), generator=generator)[:max_objects]
-    return sorted(present[int(i)] for i in pick)
+        return sorted(ids)[:max_objects]
+    pick = torch.randperm(len(ids), generator=generator)[:max_objects]
+    return sorted(ids[int(i)] for i in pick)
 
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
@@ -112,14 +120,33 @@ class EpochSampler(Sampler[int]):
     `state_dict()` holds the epoch of the pass in progress and `consumed`, how many of its indices the training
     loop has used (set by whoever drives the loop: `ResumableLoader` counts the batches Lightning finished, never
     what the workers prefetched). After `load_state_dict` the next pass continues that order where it stopped.
+
+    `groups` (training): the clip length of each index, when sources of different lengths are mixed (images as
+    `single` frames beside videos). Then every batch holds clips of one length, on every rank at once: the
+    shuffled order is cut, per length, into blocks of `batch_size * world_size` (a length's last block padded
+    with its own clips), the blocks are shuffled, and sharding hands each rank `batch_size` of every block.
     """
 
-    def __init__(self, size: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        size: int,
+        shuffle: bool,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        groups: Sequence[int | None] | None = None,
+        batch_size: int = 1,
+    ) -> None:
         self.size = size
         self.shuffle = shuffle
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.groups = list(groups) if groups is not None and shuffle and len(set(groups)) > 1 else None
+        self.block = batch_size * world_size
+        self._grouped_size = (
+            sum(-(-n // self.block) * self.block for n in Counter(self.groups).values()) if self.groups else 0
+        )
         self.epoch = 0
         """The epoch of the next pass."""
         self.consumed = 0
@@ -149,8 +176,22 @@ class EpochSampler(Sampler[int]):
             return list(range(self.size))
         g = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
         order = torch.randperm(self.size, generator=g).tolist()
+        if self.groups is not None:
+            return self._blocks(order, g)
         per_rank = -(-self.size // self.world_size)
         return (order * self.world_size)[: per_rank * self.world_size]
+
+    def _blocks(self, order: list[int], g: torch.Generator) -> list[int]:
+        """`order` cut into blocks of one clip length each (see the class docstring), blocks shuffled."""
+        assert self.groups is not None
+        by_length: dict[int | None, list[int]] = {}
+        for i in order:
+            by_length.setdefault(self.groups[i], []).append(i)
+        blocks = []
+        for items in by_length.values():
+            padded = [items[j % len(items)] for j in range(-(-len(items) // self.block) * self.block)]
+            blocks += [padded[b : b + self.block] for b in range(0, len(padded), self.block)]
+        return [i for b in torch.randperm(len(blocks), generator=g).tolist() for i in blocks[b]]
 
     def __iter__(self) -> Iterator[int]:
         skip, self._resume_at = self._resume_at or 0, None  # only the first pass after a load resumes
@@ -160,6 +201,8 @@ class EpochSampler(Sampler[int]):
         return iter(offset + i for i in shard)
 
     def __len__(self) -> int:
+        if self.groups is not None:
+            return self._grouped_size // self.world_size
         if self.shuffle:
             return -(-self.size // self.world_size)
         return len(range(self.rank, self.size, self.world_size))
@@ -244,6 +287,11 @@ class MixedClips(Dataset):
         if k < full * size:
             return s, k % size, k // size
         return s, self._extra(epoch, s)[k - full * size], full
+
+    def clip_lengths(self) -> list[int | None]:
+        """The training clip length of each item of an epoch (its source's), for `EpochSampler(groups=...)`."""
+        lengths = [getattr(p, "clip_length", None) for p in self.parts]
+        return [lengths[s] for s, n in enumerate(self.counts) for _ in range(n)]
 
     def __getitem__(self, item: int):
         epoch = int(item) // len(self)

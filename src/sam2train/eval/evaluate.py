@@ -1,7 +1,13 @@
-"""Score folders of predicted label PNGs against DAVIS-style ground truth (`sam2train evaluate`)."""
+"""Score folders of predicted label PNGs against DAVIS-style ground truth (`sam2train evaluate`).
+
+A prediction whose size is off the ground truth's by at most `SIZE_TOLERANCE` px per side (the rule the data
+readers apply to a mask off its frame, `data.sources.files`) is resized to the ground truth's size with nearest
+neighbour, with one warning per sequence; more is an error naming the file.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -12,8 +18,11 @@ import numpy as np
 import torch
 
 from sam2train.data.labels import VOID_ID, read_label_png, read_labels
+from sam2train.data.sources.files import SIZE_TOLERANCE, resize_nearest
 from sam2train.errors import DataError
 from sam2train.metrics import BOUND_TH, boundary_f, jaccard, summarize
+
+log = logging.getLogger("sam2train")
 
 
 def _present_ids(labels: np.ndarray) -> np.ndarray:
@@ -34,6 +43,8 @@ class _SequenceMasks:
             raise DataError(f"missing sequence folder {folder}")
         self.folder = folder
         self.object_dirs: dict[int, Path] = {}
+        self.resized: set[tuple[tuple[int, int], tuple[int, int]]] = set()
+        """(own size, target size) of the frames resized within the size tolerance, for one warning."""
         pngs = sorted(p.name for p in folder.glob("*.png"))
         subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
         if pngs:
@@ -109,12 +120,16 @@ def _load_pair(
             f"missing prediction {pred.folder / frame} (the ground truth has {gt.folder / frame})"
         )
     p, _ = pred.read(frame, ids, is_gt=False)
-    if p.shape[-2:] != g.shape[-2:]:
-        where = pred.folder / frame if not pred.per_object else pred.folder / "<object>" / frame
-        raise DataError(
-            f"{where}: prediction size {p.shape[-1]}x{p.shape[-2]} (WxH) differs from the ground truth's "
-            f"{g.shape[-1]}x{g.shape[-2]} ({gt.folder / frame})"
-        )
+    (ph, pw), (gh, gw) = p.shape[-2:], g.shape[-2:]
+    if (ph, pw) != (gh, gw):
+        if abs(ph - gh) > SIZE_TOLERANCE or abs(pw - gw) > SIZE_TOLERANCE:
+            where = pred.folder / frame if not pred.per_object else pred.folder / "<object>" / frame
+            raise DataError(
+                f"{where}: prediction size {pw}x{ph} (WxH) differs from the ground truth's {gw}x{gh} "
+                f"({gt.folder / frame}) by more than {SIZE_TOLERANCE} px"
+            )
+        pred.resized.add(((pw, ph), (gw, gh)))
+        p = np.stack([resize_nearest(m, (gh, gw)) for m in p]) if len(p) else np.zeros((0, gh, gw), bool)
     return p, g, void
 
 
@@ -165,22 +180,20 @@ def evaluate_folders(
     every id in the ground truth of the sequence. By default void pixels (255) count as background, as in
     davis2017-evaluation (it zeroes 255 before its void mask is taken, so its published numbers are computed
     that way); `ignore_void=True` leaves them out of J and F instead (what its `void_pixels` argument intends).
-    sequences: which to score (default: every sequence folder of the ground truth).
+    sequences: which to score (default: every sequence folder of the ground truth); every one needs its
+    prediction folder. A prediction off the ground truth's size by at most SIZE_TOLERANCE px per side is resized
+    (nearest neighbour, one warning per sequence), as the data readers resize a mask off its frame.
     num_workers threads (default: CPU count) each read and score `chunk` frames at a time; on the CPU torch runs
     single-threaded inside the call (restored after), since the threads already fill the cores.
     A missing prediction folder, frame or object folder, an object id not in the ground truth, or a size
-    mismatch raises DataError (a ValueError) naming the file.
+    mismatch beyond the tolerance raises DataError (a ValueError) naming the file.
     Returns {"J&F", "J", "F", "J_recall", "F_recall", "J_decay", "F_decay", "per_sequence": {seq: {"J", "F",
     "J&F"}}}, floats in [0, 1]; per-sequence scores are means over that sequence's objects.
     """
     pred_root, gt_root = Path(pred_dir), _resolve_gt_root(Path(gt_dir))
     if not pred_root.is_dir():
         raise DataError(f"prediction folder {pred_root} does not exist")
-    if sequences is None:
-        sequences = [p.name for p in gt_root.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    names = sorted(sequences)
-    if not names:
-        raise DataError(f"no sequence folders in {gt_root}")
+    names = _sequence_names(gt_root, pred_root, sequences)
     dev = torch.device(device)
     threads = torch.get_num_threads()
     if dev.type == "cpu":
@@ -189,9 +202,41 @@ def evaluate_folders(
         with ThreadPoolExecutor(max_workers=num_workers or os.cpu_count() or 1) as pool:
             seqs = [(_SequenceMasks(gt_root / n), _SequenceMasks(pred_root / n)) for n in names]
             jobs = _submit_chunks(pool, seqs, skip_first_last, chunk, (bound_th, ignore_void, dev))
-            return _collect(pool, names, jobs)
+            scores = _collect(pool, names, jobs)
     finally:
         torch.set_num_threads(threads)
+    for _, pred in seqs:
+        for (pw, ph), (gw, gh) in sorted(pred.resized):
+            log.warning(
+                f"{pred.folder}: predictions are {pw}x{ph} (WxH), the ground truth {gw}x{gh}; within "
+                f"{SIZE_TOLERANCE} px, so resized to it with nearest neighbour"
+            )
+    return scores
+
+
+def _sequence_names(gt_root: Path, pred_root: Path, sequences: Sequence[str] | None) -> list[str]:
+    """The sequences to score, sorted: `sequences` (each must be in the ground truth) or every ground-truth
+    folder; each must have its prediction folder (DataError naming the missing ones and --sequences)."""
+    available = sorted(p.name for p in gt_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    names = sorted(set(sequences)) if sequences is not None else available
+    if not names:
+        raise DataError(f"no sequence folders in {gt_root}")
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        shown = ", ".join(available[:10]) + (", ..." if len(available) > 10 else "")
+        raise DataError(
+            f"sequence(s) {', '.join(unknown)} not in the ground truth {gt_root} (it has {shown})"
+        )
+    missing = [n for n in names if not (pred_root / n).is_dir()]
+    if missing:
+        present = [n for n in names if n not in missing]
+        what = f"missing prediction folder {pred_root / missing[0]}"
+        if len(missing) > 1:
+            more = ", ".join(missing[1:6]) + (", ..." if len(missing) > 6 else "")
+            what += f" and {len(missing) - 1} more ({more})"
+        hint = f"; score only the predicted ones with --sequences {','.join(present)}" if present else ""
+        raise DataError(f"{what}: {len(missing)} of {len(names)} sequences have no predictions{hint}")
+    return names
 
 
 def _collect(pool: ThreadPoolExecutor, names: list[str], jobs: list[list[Future]]) -> dict[str, Any]:
@@ -227,7 +272,7 @@ def _submit_chunks(
         if skip_first_last and len(gt.frames) < 3:
             raise DataError(
                 f"{gt.folder}: {len(gt.frames)} annotated frame(s) leave none to score once the first and "
-                "last are skipped (pass skip_first_last=False)"
+                "last are skipped (pass --no-skip-first-last; skip_first_last=False in Python)"
             )
     all_ids = list(pool.map(lambda s: s[0].object_ids(), seqs))
     jobs = []

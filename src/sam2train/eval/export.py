@@ -1,30 +1,37 @@
-"""`sam2train export`: a Lightning checkpoint -> an official `{"model": state_dict}` file for Meta's tools.
+"""`sam2train export`: a checkpoint with a sam2train config -> an official `{"model": state_dict}` file for Meta's
+tools (`--format pt`) or a safetensors file (`--format safetensors`).
 
 The exported `FILE.pt` holds SAM 2's weights under their official keys (the `model.` prefix of the Lightning module
 stripped), verified against the configured architecture with strict keys and shapes, so
-`sam2.build_sam.build_sam2_video_predictor(config, FILE.pt)` loads it. `FILE.yaml` beside it is the model config
-it was trained with (image_size included), which `sam2train predict --model-config` reads. Meta's builders resolve
+`sam2.build_sam.build_sam2_video_predictor(config, FILE.pt)` loads it. `FILE.safetensors` holds the same tensors
+and the training config as JSON metadata: `predict` reads it without unpickling anything, and `export` turns it
+into a `.pt` for Meta's builders (which read `.pt` only). `FILE.yaml` beside either is the model config it was
+trained with (image_size included), which `sam2train predict --model-config` reads. Meta's builders resolve
 config names inside the `sam2` package with Hydra, so for them the command prints the official name plus a
-`++model.image_size` override instead of the YAML's path.
+`++model.image_size` override instead of the YAML's path. `--format hf` writes a folder for transformers'
+`Sam2VideoModel` / `Sam2Model` and `Sam2VideoProcessor` (`model/hf_weights.py`; official architectures only).
 
-The checkpoint helpers here (strict loading of what `model.checkpoints.read_checkpoint` read,
-`load_for_inference`) serve `predict` too. torch, sam2 and Lightning are imported inside functions so that
-building the CLI parser stays cheap.
+Reading and writing are separate steps (`read_export_source`, `write_export`), so code that changes the weights in
+between (merging adapters) writes through the same formats; a format is one entry of `EXPORT_FORMATS`. The
+checkpoint helpers here (strict loading of what `model.checkpoints.read_checkpoint` read, `load_for_inference`)
+serve `predict` too. torch, sam2 and Lightning are imported inside functions so that building the CLI parser stays
+cheap.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sam2train.errors import UserError
 
 if TYPE_CHECKING:
+    import torch
     from sam2.modeling.sam2_base import SAM2Base
 
     from sam2train.config import ModelConfig
@@ -46,14 +53,18 @@ def _quiet_random_init() -> Iterator[None]:
         logger.disabled = disabled
 
 
-def build_with_weights(model_cfg: ModelConfig, contents: CheckpointContents) -> SAM2Base:
+def build_with_weights(model_cfg: ModelConfig, contents: CheckpointContents, merge: bool = True) -> SAM2Base:
     """Instantiate SAM 2 as `model_cfg` says (CPU, train mode) and load `contents` with strict keys and shapes;
-    a mismatch raises CheckpointError naming the file, the keys and the official config the weights match."""
+    a mismatch raises CheckpointError naming the file, the keys and the official config the weights match.
+    Weights with LoRA adapters (`model.adapters`) load into an adapted model, whose adapters are then merged
+    into plain layers unless `merge` is False."""
     from sam2train.errors import CheckpointError
+    from sam2train.model.adapters import adapters_for, merge_adapters
     from sam2train.model.build import build_model, infer_official_config
 
     with _quiet_random_init():
         model = build_model(replace(model_cfg, checkpoint=None))
+    tuner = adapters_for(model, model_cfg, contents.state_dict)
     own, sd = model.state_dict(), contents.state_dict
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     shapes = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
@@ -66,22 +77,28 @@ def build_with_weights(model_cfg: ModelConfig, contents: CheckpointContents) -> 
             f"{len(shapes)} shape mismatches {shapes[:3]}){hint}"
         )
     model.load_state_dict(sd, strict=True)
-    return model
+    return merge_adapters(tuner) if tuner is not None and merge else model
 
 
 def load_for_inference(
-    checkpoint: str | Path, model_config: str | None, image_size: int | None, device: str
+    checkpoint: str | Path,
+    model_config: str | None,
+    image_size: int | None,
+    device: str,
+    trust: bool = False,
+    adapters: str | Path | None = None,
 ) -> SAM2Base:
     """SAM 2 with the checkpoint's weights, in eval mode with the builders' default post-processing.
 
-    A sam2train Lightning checkpoint brings its model config and image size (the flags override them); an
-    official / exported `.pt` needs `--model-config` (default: the `.yaml` that `export` wrote beside it).
+    A sam2train Lightning checkpoint (or a safetensors file `export` wrote) brings its model config and image
+    size (the flags override them); an official / exported `.pt` takes `--model-config`, else the `.yaml` that
+    `export` wrote beside it, else the one official config whose architecture the weights have. A pickle the safe loader refuses is unpickled only with `trust`.
     """
     from sam2train.config import ModelConfig
-    from sam2train.model.build import infer_official_config, set_eval_postprocessing
+    from sam2train.model.build import set_eval_postprocessing
     from sam2train.model.checkpoints import read_checkpoint
 
-    contents = read_checkpoint(checkpoint, "--checkpoint")
+    contents = read_checkpoint(checkpoint, "--checkpoint", trust)
     stored = contents.config()
     if stored is not None:
         base = stored.model
@@ -91,15 +108,16 @@ def load_for_inference(
     else:
         beside = contents.path.with_suffix(".yaml")
         model_config = model_config or (str(beside) if beside.is_file() else None)
-        if model_config is None:
-            guess = infer_official_config(contents.state_dict)
-            hint = f" (these weights match '{guess}')" if guess else ""
-            raise UserError(
-                f"--model-config is required with {contents.path}, which holds weights but no config: "
-                f"give an official config name or a model YAML{hint}"
-            )
+        if model_config is None:  # the one official config whose shapes the weights have, else an error
+            from sam2train.eval.predict import model_config_from_weights
+
+            model_config = model_config_from_weights(contents.state_dict, contents.path)
         model_cfg = ModelConfig(config=model_config, image_size=image_size or config_image_size(model_config))
     model = build_with_weights(model_cfg, contents)
+    if adapters is not None:  # base + an adapter folder (`export --adapters-only`), merged
+        from sam2train.model.adapters import with_adapter_folder
+
+        model = with_adapter_folder(model, model_cfg, adapters)
     set_eval_postprocessing(model, True)
     return model.eval().to(device)
 
@@ -158,31 +176,147 @@ def predictor_call(config_name: str, image_size: int, weights: Path, yaml_path: 
     )
 
 
-def export_checkpoint(ckpt: str | Path, out: str | Path) -> tuple[Path, Path, str]:
-    """Export a sam2train Lightning checkpoint to `out` (`{"model": sd}`) and the model YAML beside it.
+@dataclass(frozen=True)
+class ExportFormat:
+    """How `export` writes one format: the file name's ending and the writer, which gets the weights (official
+    keys), the output path, the model config and the full training config tree (for metadata)."""
 
-    Returns (weights file, YAML file, the Python call that loads them with Meta's predictor).
-    """
+    suffix: str
+    write: Callable[[dict[str, torch.Tensor], Path, ModelConfig, Any], None]
+
+
+def _write_pt(state_dict: dict[str, torch.Tensor], out: Path, model_cfg: ModelConfig, tree: Any) -> None:
     import torch
 
+    torch.save({"model": state_dict}, out)  # Meta's format: build_sam2* read ["model"], nothing else
+
+
+def _write_safetensors(
+    state_dict: dict[str, torch.Tensor], out: Path, model_cfg: ModelConfig, tree: Any
+) -> None:
+    from sam2train.model.checkpoints import write_safetensors
+
+    write_safetensors(state_dict, out, tree)
+
+
+def _write_hf(state_dict: dict[str, torch.Tensor], out: Path, model_cfg: ModelConfig, tree: Any) -> None:
+    from sam2train.model.hf_weights import save_hf_folder
+
+    save_hf_folder(state_dict, official_hf_name(model_cfg.config), model_cfg.image_size, out)
+
+
+def official_hf_name(config: str) -> str:
+    """The official config name (`sam2.1_hiera_t`) of `config`, for transformers, which builds only those."""
+    official = official_config_file(config)
+    if official is None:
+        raise UserError(
+            f"--format hf: model config '{config}' is not an official SAM 2 config, and transformers builds only "
+            "the official architectures (sam2.1_hiera_t/s/b+/l, sam2_hiera_t/s/b+/l)"
+        )
+    return Path(official).stem
+
+
+EXPORT_FORMATS: dict[str, ExportFormat] = {
+    "pt": ExportFormat(".pt", _write_pt),
+    "safetensors": ExportFormat(".safetensors", _write_safetensors),
+    "hf": ExportFormat("", _write_hf),
+}
+"""`sam2train export --format NAME` -> how it is written (the first entry is the default). An empty suffix: `--out`
+is a folder (`hf`: transformers' config.json, model.safetensors and processor configs, no model YAML)."""
+
+
+@dataclass
+class ExportSource:
+    """What `read_export_source` opened: SAM 2 with the checkpoint's weights (strictly loaded, CPU), its model
+    config, the checkpoint's config tree and the file's path."""
+
+    model: SAM2Base
+    model_cfg: ModelConfig
+    config_tree: Any
+    path: Path
+
+
+def read_export_source(ckpt: str | Path, trust: bool = False) -> ExportSource:
+    """Open `ckpt` (`--ckpt`: a sam2train Lightning checkpoint or a safetensors file `export` wrote) and build
+    SAM 2 with its weights; CheckpointError when it carries no sam2train config."""
     from sam2train.errors import CheckpointError
     from sam2train.model.checkpoints import read_checkpoint
 
-    out = Path(out).expanduser()
-    if out.suffix != ".pt":
-        raise UserError(f"--out {out}: expected a file name ending in .pt")
-    contents = read_checkpoint(ckpt, "--ckpt")
+    contents = read_checkpoint(ckpt, "--ckpt", trust)
     stored = contents.config()
     if stored is None:
         raise CheckpointError(
-            f"--ckpt {contents.path}: no sam2train config inside (not a checkpoint written by `sam2train fit`); "
-            "an official {'model': state_dict} file needs no export"
+            f"--ckpt {contents.path}: no sam2train config inside (not a checkpoint written by `sam2train fit` or "
+            "`sam2train export --format safetensors`); an official {'model': state_dict} file needs no export"
         )
-    model_cfg = stored.model
-    model = build_with_weights(model_cfg, contents)
+    model = build_with_weights(stored.model, contents)
+    return ExportSource(model, stored.model, contents.config_tree, contents.path)
+
+
+def _export_target(out: str | Path, fmt: str) -> tuple[Path, ExportFormat]:
+    spec = EXPORT_FORMATS.get(fmt)
+    if spec is None:
+        raise UserError(f"--format {fmt}: unknown; one of {', '.join(EXPORT_FORMATS)}")
+    out = Path(out).expanduser()
+    if not spec.suffix:
+        if out.is_file():
+            raise UserError(f"--out {out}: --format {fmt} writes a folder, and this is a file")
+        return out, spec
+    if out.suffix != spec.suffix:
+        raise UserError(f"--out {out}: expected a file name ending in {spec.suffix} (--format {fmt})")
+    return out, spec
+
+
+def write_export(source: ExportSource, out: str | Path, fmt: str = "pt") -> tuple[Path, Path, str]:
+    """Write `source.model`'s weights to `out` in format `fmt` (an EXPORT_FORMATS name) and the model YAML beside
+    it. Returns (weights file, YAML file, how to load them with Meta's predictor); for `hf`, (model.safetensors,
+    config.json, how to load the folder with transformers)."""
+    out, spec = _export_target(out, fmt)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": {k: v.detach().contiguous() for k, v in model.state_dict().items()}}, out)
-    yaml_path = write_model_yaml(
-        model_cfg.config, model_cfg.image_size, out.with_suffix(".yaml"), contents.path
+    state_dict = {k: v.detach().contiguous() for k, v in source.model.state_dict().items()}
+    spec.write(state_dict, out, source.model_cfg, source.config_tree)
+    cfg = source.model_cfg
+    if fmt == "hf":
+        from sam2train.model.hf_weights import HF_CONFIG, HF_WEIGHTS, transformers_call
+
+        return out / HF_WEIGHTS, out / HF_CONFIG, transformers_call(out)
+    yaml_path = write_model_yaml(cfg.config, cfg.image_size, out.with_suffix(".yaml"), source.path)
+    if fmt != "pt":
+        pt = out.with_suffix(".pt")
+        return out, yaml_path, f"# Meta's builders read .pt files: `sam2train export --ckpt {out} --out {pt}`"
+    return out, yaml_path, predictor_call(cfg.config, cfg.image_size, out, yaml_path)
+
+
+def export_checkpoint(
+    ckpt: str | Path, out: str | Path, fmt: str = "pt", trust: bool = False
+) -> tuple[Path, Path, str]:
+    """Export `ckpt` (a sam2train Lightning checkpoint, or a safetensors file this command wrote) to `out` in
+    format `fmt` and the model YAML beside it.
+
+    Returns (weights file, YAML file, the Python call that loads them with Meta's predictor).
+    """
+    _export_target(out, fmt)  # argument errors before the checkpoint is read
+    return write_export(read_export_source(ckpt, trust), out, fmt)
+
+
+def export_adapters(ckpt: str | Path, out: str | Path, trust: bool = False) -> Path:
+    """Write the LoRA adapters of `ckpt` (a Lightning checkpoint of a `model.adapters` run), and the weights of its
+    fully trained groups, to the folder `out` in peft's format, with the base weights' identity recorded; the
+    base (`model.checkpoint`) plus this folder make the trained model (`predict --adapters`,
+    `model.adapters.path`)."""
+    from sam2train.errors import CheckpointError
+    from sam2train.model.adapters import is_adapter_parameter, save_adapters
+    from sam2train.model.build import parameter_group
+    from sam2train.model.checkpoints import read_checkpoint
+
+    contents = read_checkpoint(ckpt, "--ckpt", trust)
+    stored = contents.config()
+    if stored is None or not any(is_adapter_parameter(k) for k in contents.state_dict):
+        raise CheckpointError(
+            f"--ckpt {contents.path}: holds no LoRA adapters (train with model.adapters.type: lora)"
+        )
+    model = build_with_weights(stored.model, contents, merge=False)
+    trained = stored.model.trainable_modules
+    return save_adapters(
+        model, stored.model, out, lambda name: parameter_group(name) in trained, stored.model.checkpoint
     )
-    return out, yaml_path, predictor_call(model_cfg.config, model_cfg.image_size, out, yaml_path)

@@ -7,12 +7,13 @@ bicubic squash to the model's size, /255, ImageNet norm; a mask prompt bilinear 
 boxes scaled by S / W and S / H. Outputs are the low-res logits upsampled bilinearly to the video's size and
 thresholded at 0 after the predictor's non-overlap rule (each pixel goes to the object with the highest logit),
 which is applied to the outputs only, never to memory. The model runs in eval mode with the builders' default
-post-processing (`set_eval_postprocessing`), except hole filling, which needs the compiled `sam2._C`.
+post-processing (`set_eval_postprocessing`), except hole filling, which needs the compiled `sam2._C`. The prompts
+come from `eval.prompts`; a `.pt` without a config is built as the one official config its weights fit.
 """
 
 from __future__ import annotations
 
-import argparse
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +32,28 @@ if TYPE_CHECKING:
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 """Frame files read from a folder (any case), sorted by name with numbers compared as numbers."""
-PROMPT_FLAGS = ("--prompt-mask", "--points", "--box")
+
+log = logging.getLogger("sam2train")
+
+
+def model_config_from_weights(state_dict: dict[str, torch.Tensor], path: Path) -> str:
+    """The official config whose architecture `state_dict` has (for a `.pt` that holds weights only); UserError
+    naming `--model-config` when none or several fit."""
+    from sam2train.model.build import official_configs_matching
+
+    found = official_configs_matching(state_dict)
+    if len(found) == 1:
+        log.info(f"{path}: model config '{found[0]}' (the official config these weights fit)")
+        return found[0]
+    if found:
+        raise UserError(
+            f"--model-config is required with {path}: its weights fit several official configs "
+            f"({', '.join(found)}); name one"
+        )
+    raise UserError(
+        f"--model-config is required with {path}, which holds weights but no config and fits no official "
+        "config: give the model YAML it was trained with"
+    )
 
 
 def _data_error(message: str) -> Exception:
@@ -133,106 +155,6 @@ def open_frames(path: str | Path) -> FrameSource:
         raise _data_error(f"--frames {path}: not a readable video ({exc})") from exc
 
 
-# ------------------------------------------------------------------------------------------------ prompts
-
-
-def read_mask_prompt(path: str | Path, size: tuple[int, int]) -> tuple[list[int], np.ndarray]:
-    """Objects of a first-frame mask PNG -> (ids, masks [K, H, W] bool), read under the label-PNG rule of
-    `sam2train.data.labels`: palette or grayscale values are object ids (255 void), a grayscale or 1-bit mask
-    holding only 0 and 255 is object 1; a grayscale image saved as RGB reads as grayscale. The PNG must have
-    the frames' size."""
-    import numpy as np
-
-    from sam2train.data.labels import label_ids, read_labels
-    from sam2train.errors import DataError
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise _data_error(f"--prompt-mask {path}: file not found")
-    try:
-        labels = read_labels(path, gray_rgb=True)
-    except DataError as exc:
-        raise _data_error(f"--prompt-mask {path}: {str(exc).replace(f' {path}', '', 1)}") from None
-    if labels.shape != size:
-        raise _data_error(
-            f"--prompt-mask {path}: {labels.shape[1]}x{labels.shape[0]} (WxH) but the frames are "
-            f"{size[1]}x{size[0]}"
-        )
-    ids = label_ids(labels)
-    if not ids:
-        raise _data_error(f"--prompt-mask {path}: empty mask (every pixel is 0 or void): no object to track")
-    if max(ids) > 254:
-        raise _data_error(f"--prompt-mask {path}: values up to {max(ids)}; object ids must be 1..254")
-    return ids, np.stack([labels == i for i in ids])
-
-
-def _numbers(text: str, count: int, flag: str, what: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != count:
-        raise UserError(f"{flag} '{text}': expected {what}")
-    return values
-
-
-def parse_points(text: str, size: tuple[int, int]) -> tuple[list[list[float]], list[int]]:
-    """`"x,y,label;..."` in original pixels (label 1 positive, 0 negative) -> (coords [[x, y], ...], labels)."""
-    height, width = size
-    coords, labels = [], []
-    for item in filter(None, (s.strip() for s in text.split(";"))):
-        x, y, label = _numbers(item, 3, "--points", "'x,y,label' with label 1 (positive) or 0 (negative)")
-        if label not in (0, 1):
-            raise UserError(f"--points '{item}': label must be 1 (positive) or 0 (negative), got {label:g}")
-        if not (0 <= x < width and 0 <= y < height):
-            raise UserError(f"--points '{item}': ({x:g}, {y:g}) lies outside the {width}x{height} frame")
-        coords.append([x, y])
-        labels.append(int(label))
-    if not coords:
-        raise UserError(f"--points '{text}': no point given; expected 'x,y,label;x,y,label;...'")
-    return coords, labels
-
-
-def parse_box(text: str, size: tuple[int, int]) -> list[float]:
-    """`"x0,y0,x1,y1"` in original pixels -> [x0, y0, x1, y1]; must lie in the frame with x0 < x1, y0 < y1."""
-    height, width = size
-    x0, y0, x1, y1 = _numbers(text, 4, "--box", "'x0,y0,x1,y1' in pixels")
-    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-        raise UserError(f"--box '{text}': needs 0 <= x0 < x1 <= {width} and 0 <= y0 < y1 <= {height}")
-    return [x0, y0, x1, y1]
-
-
-def model_prompts(
-    args: argparse.Namespace, size: tuple[int, int], image_size: int
-) -> tuple[list[int], Prompts]:
-    """The one prompt of `args` on frame 0 -> (object ids, Prompts at the model input, as the predictor maps
-    them: masks bilinear + antialias >= 0.5; coordinates / (W, H) * S)."""
-    import torch
-
-    from sam2train.batch import PROMPT_BOX, PROMPT_MASK, PROMPT_POINT, Prompts
-    from sam2train.data.transforms import resize_masks
-
-    scale = torch.tensor([size[1], size[0]], dtype=torch.float32)
-    coords, labels, boxes = torch.zeros(1, 1, 2), torch.full((1, 1), -1), torch.zeros(1, 4)
-    masks = torch.zeros(1, image_size, image_size)
-    if args.prompt_mask is not None:
-        ids, raw = read_mask_prompt(args.prompt_mask, size)
-        masks = resize_masks(torch.from_numpy(raw), image_size).float()
-        k = len(ids)
-        kind = torch.full((k,), PROMPT_MASK)
-        coords, labels, boxes = coords.expand(k, 1, 2), labels.expand(k, 1), boxes.expand(k, 4)
-    elif args.points is not None:
-        ids, kind = [1], torch.tensor([PROMPT_POINT])
-        points, point_labels = parse_points(args.points, size)
-        coords = (torch.tensor(points, dtype=torch.float32) / scale * image_size)[None]
-        labels = torch.tensor([point_labels])
-    else:
-        ids, kind = [1], torch.tensor([PROMPT_BOX])
-        box = torch.tensor(parse_box(args.box, size), dtype=torch.float32).view(2, 2)
-        boxes = (box / scale * image_size).view(1, 4)
-    return ids, Prompts(kind=kind, point_coords=coords, point_labels=labels, boxes=boxes, masks=masks)
-
-
 # ------------------------------------------------------------------------------------------------ the pass
 
 
@@ -297,18 +219,25 @@ def predict_video(
     out_dir: Path,
     overlay: Path | None,
 ) -> int:
-    """Run the pass over `source`, write `<out_dir>/<name>/<frame>.png` (and the overlay); returns frame count."""
+    """Run the pass over `source`, write `<out_dir>/<name>/<frame>.png` (and the overlay); returns frame count.
+
+    A progress bar with frames/s on a terminal (none when stderr is not one); warnings for prompted objects whose
+    mask has no pixel at the model's size and for a large model input on the CPU."""
     import numpy as np
     import torch
     from tqdm import tqdm
 
     from sam2train import viz
 
+    _warn_before_tracking(model, ids, prompts)
     seq_dir = out_dir / source.name
     shown: list[np.ndarray] = []  # overlay frames: save_gif / save_mp4 take the whole sequence
     count = 0
     with torch.inference_mode():
-        bar = tqdm(track_frames(model, source, prompts), total=source.length, desc=source.name, unit="frame")
+        frames = track_frames(model, source, prompts)
+        bar = tqdm(
+            frames, total=source.length, desc=source.name, unit="frame", disable=None, dynamic_ncols=True
+        )
         for frame, low_res in bar:
             labels = label_map(model, low_res, ids, source.size)
             viz.save_palette_png(seq_dir / f"{source.frame_name(count)}.png", labels)
@@ -320,4 +249,20 @@ def predict_video(
     return count
 
 
-# ------------------------------------------------------------------------------------------------ CLI
+def _warn_before_tracking(model: SAM2Base, ids: list[int], prompts: Prompts) -> None:
+    """Say before the first frame what would otherwise go unnoticed: objects whose prompt mask vanished at the
+    model's input size (they start empty), and a slow pass (a large input on the CPU, many objects)."""
+    from sam2train.eval.prompts import vanished_objects
+
+    size = model.image_size
+    gone = vanished_objects(ids, prompts)
+    if gone:
+        log.warning(
+            f"object(s) {gone}: the prompt mask has no pixel left at the model's {size} px input, so tracking "
+            "starts from an empty mask; a larger --image-size keeps small objects"
+        )
+    if next(model.parameters()).device.type == "cpu" and size >= 512:
+        log.warning(
+            f"tracking {len(ids)} object(s) at {size} px on the CPU: expect seconds to minutes per frame, "
+            "growing with the number of objects (--device cuda is much faster)"
+        )

@@ -14,15 +14,16 @@ import logging
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sam2train import config as _config
 from sam2train.config import ModelConfig
 from sam2train.errors import CheckpointError, ConfigError
 from sam2train.model.checkpoints import read_checkpoint
+from sam2train.model.hf_config import check_model_config
 
 if TYPE_CHECKING:
     from sam2.modeling.sam2_base import SAM2Base
@@ -96,7 +97,23 @@ def load_model_config(name_or_path: str, image_size: int) -> DictConfig:
         raise ConfigError(f"{path}: 'model' has no '_target_' (the SAM2Base class to instantiate)")
     tree.model.image_size = image_size  # same as hydra override ++model.image_size=S
     OmegaConf.resolve(tree)
+    targets = model_targets(tree.model, "model")
+    foreign = [f"{key}: {target}" for key, target in targets if not target.startswith("sam2.")]
+    if foreign:
+        # a model YAML may come with downloaded weights (predict reads FILE.yaml beside FILE.pt): it builds SAM 2's
+        # modules and nothing else
+        raise ConfigError(f"{path}: '_target_' may only name classes of the sam2 package, not {foreign[0]}")
     return tree.model
+
+
+def model_targets(node: Any, key: str) -> list[tuple[str, str]]:
+    """(dotted key, value) of every `_target_` in a model config tree."""
+    if isinstance(node, DictConfig):
+        found = [(key, str(node["_target_"]))] if "_target_" in node else []
+        return found + [t for k, v in node.items() if k != "_target_" for t in model_targets(v, f"{key}.{k}")]
+    if isinstance(node, ListConfig):
+        return [t for i, v in enumerate(node) for t in model_targets(v, f"{key}[{i}]")]
+    return []
 
 
 def build_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> SAM2Base:
@@ -120,10 +137,9 @@ def build_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> SAM2Bas
             "model.checkpoint is null: SAM 2 is RANDOMLY INITIALISED. Set model.checkpoint to an official "
             "checkpoint (e.g. sam2.1_hiera_tiny.pt) unless you really mean to train from scratch."
         )
-        warnings.warn(msg, UserWarning, stacklevel=2)
-        log.warning(msg)
+        warnings.warn(msg, UserWarning, stacklevel=2)  # the CLI prints warnings as one line each
     else:
-        load_checkpoint(model, cfg.checkpoint, config_name=cfg.config)
+        load_checkpoint(model, cfg.checkpoint, config_name=cfg.config, trust=cfg.trust_checkpoint)
     return model.to(device).train()
 
 
@@ -143,11 +159,15 @@ def build_for_training(
             warnings.simplefilter("ignore")
             model = build_model(replace(cfg, checkpoint=None), device="cpu")
     apply_trainable(model, cfg.trainable_modules)
+    if cfg.adapters.type is not None:
+        from sam2train.model.adapters import apply_adapters
+
+        apply_adapters(model, cfg, load_weights)
     if cfg.activation_checkpointing:
         from sam2train.model.memory_saving import enable_activation_checkpointing
 
         enable_activation_checkpointing(model)
-    if cfg.checkpoint_image_encoder and "image_encoder" in cfg.trainable_modules:
+    if cfg.checkpoint_image_encoder and any(p.requires_grad for p in model.image_encoder.parameters()):
         from sam2train.model.memory_saving import enable_image_encoder_checkpointing
 
         enable_image_encoder_checkpointing(model)
@@ -167,18 +187,50 @@ def infer_official_config(state_dict: dict[str, torch.Tensor]) -> str | None:
     return f"{version}_hiera_{size}"
 
 
+def official_configs_matching(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Every official config whose architecture the weights have, read from the configs' YAML (nothing is built):
+    the image encoder's width and depth and SAM 2.1's `no_obj_embed_spatial`. Strict loading then checks every
+    key and shape. More than one name means the weights do not say which config they are."""
+    import inspect
+
+    from sam2.modeling.backbones.hieradet import Hiera
+
+    patch = state_dict.get("image_encoder.trunk.patch_embed.proj.weight")
+    if patch is None:
+        return []
+    blocks = len({int(k.split(".")[3]) for k in state_dict if k.startswith("image_encoder.trunk.blocks.")})
+    spatial = "no_obj_embed_spatial" in state_dict
+    defaults = {k: v.default for k, v in inspect.signature(Hiera.__init__).parameters.items()}
+    found = []
+    for name, file in OFFICIAL_CONFIGS.items():
+        model = OmegaConf.load(importlib.resources.files("sam2") / file).model
+        trunk = model.image_encoder.trunk
+        shape = (trunk.get("embed_dim", defaults["embed_dim"]), sum(trunk.get("stages", defaults["stages"])))
+        if shape == (patch.shape[0], blocks) and bool(model.get("no_obj_embed_spatial", False)) == spatial:
+            found.append(name)
+    return found
+
+
 def _sample(keys: list[str], k: int = 5) -> str:
     more = f" ... (+{len(keys) - k} more)" if len(keys) > k else ""
     return ", ".join(keys[:k]) + more
 
 
-def load_checkpoint(model: torch.nn.Module, path: str | Path, config_name: str | None = None) -> None:
-    """Load a checkpoint into `model` with strict keys and shapes.
+def load_checkpoint(
+    model: torch.nn.Module, path: str | Path, config_name: str | None = None, trust: bool = False
+) -> None:
+    """Load a checkpoint into `model` with strict keys and shapes (a pickle the safe loader refuses only when
+    `trust`: `model.trust_checkpoint`).
 
     Raises CheckpointError naming the file, a few missing / unexpected keys and shape mismatches, and the official
     config the checkpoint matches.
     """
-    sd = read_checkpoint(path).state_dict
+    contents = read_checkpoint(path, "model.checkpoint", trust, opt_in="model.trust_checkpoint=true")
+    sd = contents.state_dict
+    if contents.kind == "transformers" and config_name is not None:  # its config.json names the architecture
+        described = contents.config_tree["model"]
+        yamls = {resolve_model_config(name).resolve() for name in (described["config"], config_name)}
+        check_model_config(described, config_name, len(yamls) == 1, int(model.image_size), contents.source)
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
@@ -241,11 +293,20 @@ def apply_trainable(model: torch.nn.Module, groups: list[str] | tuple[str, ...])
 
 
 def parameter_report(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
-    """Group -> (total parameters, trainable parameters), in TRAINABLE_GROUPS order."""
-    return {
-        group: (sum(p.numel() for _, p in params), sum(p.numel() for _, p in params if p.requires_grad))
-        for group, params in group_parameters(model).items()
-    }
+    """Group -> (total parameters, trainable parameters), in TRAINABLE_GROUPS order; with LoRA adapters, a row
+    `<group> lora` after each adapted group counts its adapters (and the group's row its base weights)."""
+    from sam2train.model.adapters import is_adapter_parameter
+
+    report: dict[str, tuple[int, int]] = {}
+    for group, params in group_parameters(model).items():
+        for suffix, adapter in (("", False), (" lora", True)):
+            own = [p for name, p in params if is_adapter_parameter(name) == adapter]
+            if own or not adapter:
+                report[group + suffix] = (
+                    sum(p.numel() for p in own),
+                    sum(p.numel() for p in own if p.requires_grad),
+                )
+    return report
 
 
 def format_parameter_report(report: dict[str, tuple[int, int]]) -> str:

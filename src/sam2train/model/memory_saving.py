@@ -166,22 +166,45 @@ def compile_image_encoder(
     encoder = model.image_encoder
     if device is None:
         device = next(encoder.parameters()).device
-    kind = torch.device(device).type
-    if compile_kwargs.get("backend", "inductor") == "inductor":
-        if kind == "cpu" and _cpp_compiler() is None:
-            raise CompilerNotFoundError(
-                "config key 'model.compile_image_encoder': torch.compile on CPU needs a C++ compiler and none "
-                "was found (tried $CXX, g++, clang++). Install one (e.g. apt-get install g++), point CXX at it, "
-                "or set model.compile_image_encoder: false"
-            )
-        if kind == "cuda" and _c_compiler() is None:
-            raise CompilerNotFoundError(
-                "config key 'model.compile_image_encoder': torch.compile on CUDA (Triton) needs a C compiler and "
-                "none was found (tried $CC, gcc, clang). Install one, point CC at it, or set "
-                "model.compile_image_encoder: false"
-            )
+    _require_compiler(torch.device(device).type, "model.compile_image_encoder", compile_kwargs)
     _warm_position_encodings(model, device)
     encoder.compile(**compile_kwargs)
+
+
+def _require_compiler(kind: str, key: str, compile_kwargs: dict[str, Any]) -> None:
+    """CompilerNotFoundError naming `key` when the default Inductor backend would fail on the first forward on a
+    `kind` device for want of a C++ compiler (CPU) or a C compiler (CUDA, Triton)."""
+    if compile_kwargs.get("backend", "inductor") != "inductor":
+        return
+    if kind == "cpu" and _cpp_compiler() is None:
+        raise CompilerNotFoundError(
+            f"config key '{key}': torch.compile on CPU needs a C++ compiler and none was found (tried $CXX, "
+            f"g++, clang++). Install one (e.g. apt-get install g++), point CXX at it, or set {key}: false"
+        )
+    if kind == "cuda" and _c_compiler() is None:
+        raise CompilerNotFoundError(
+            f"config key '{key}': torch.compile on CUDA (Triton) needs a C compiler and none was found (tried "
+            f"$CC, gcc, clang). Install one, point CC at it, or set {key}: false"
+        )
+
+
+def compile_memory_attention(
+    model: SAM2Base, device: torch.device | str | None = None, **compile_kwargs: Any
+) -> None:
+    """torch.compile `model.memory_attention` in place (`nn.Module.compile`, state dict keys unchanged), with
+    dynamic shapes by default: its memory grows frame by frame (up to num_maskmem frames plus object pointers)
+    and the object count varies, so one dynamic graph serves every call instead of one graph per length.
+    `device` and `compile_kwargs` as `compile_image_encoder`."""
+    module = model.memory_attention
+    if device is None:
+        device = next(module.parameters()).device
+    _require_compiler(torch.device(device).type, "model.compile_memory_attention", compile_kwargs)
+    module.compile(**{"dynamic": True, **compile_kwargs})
+
+
+def memory_attention_compiled(model: SAM2Base) -> bool:
+    """Whether `compile_memory_attention` was applied to `model.memory_attention`."""
+    return getattr(model.memory_attention, "_compiled_call_impl", None) is not None
 
 
 def _warm_position_encodings(model: SAM2Base, device: torch.device | str) -> None:

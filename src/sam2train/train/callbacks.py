@@ -1,5 +1,6 @@
-"""Callbacks specific to SAM 2 fine-tuning: config beside the checkpoints, final metrics, curves at the end; and
-never losing a run: atomic checkpoint files, a resumable `last.ckpt` on Ctrl-C or SIGTERM."""
+"""Callbacks specific to SAM 2 fine-tuning: config beside the checkpoints, final metrics, curves at the end, the
+run's parent; and never losing a run: `last.ckpt` always the latest state (`LastCheckpoint`), atomic checkpoint
+files, a resumable `last.ckpt` on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -67,7 +69,7 @@ class CurvesAtEnd(L.Callback):
 
         for logger in trainer.loggers:
             metrics = Path(getattr(logger, "log_dir", "") or "") / "metrics.csv"
-            if type(logger).__name__ == "CSVLogger":
+            if isinstance(logger, CSVLogger):
                 logger.save()
                 if metrics.is_file():
                     plot_curves(metrics, run_dir(trainer) / "curves.png")
@@ -90,11 +92,15 @@ def write_final_metrics(trainer: L.Trainer, module: Any, wall_time: float) -> Pa
             "monitor": ckpt.monitor,
             "best_score": _plain(ckpt.best_model_score),
             "best_model_path": ckpt.best_model_path or None,
-            "last_model_path": ckpt.last_model_path or None,
         }
+    last = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
+    record = next((c for c in trainer.callbacks if isinstance(c, RunRecord)), None)
+    history = getattr(module, "val_history", [])
     report = getattr(module, "param_report", {}) or {}
     payload = {
         **best,
+        "last_model_path": str(last.path) if last is not None and last.path.is_file() else None,
+        "parent": record.parent if record is not None else None,
         "epochs": trainer.current_epoch,
         "global_steps": trainer.global_step,
         "wall_time_s": round(wall_time, 3),
@@ -103,13 +109,107 @@ def write_final_metrics(trainer: L.Trainer, module: Any, wall_time: float) -> Pa
             "trainable": sum(tr for _, tr in report.values()),
             "per_group": {k: {"total": t, "trainable": tr} for k, (t, tr) in report.items()},
         },
-        "metrics": {k: _plain(v) for k, v in trainer.callback_metrics.items()},
-        "validation_history": getattr(module, "val_history", []),
+        # a resumed run's own callback metrics lack what only the part before the resume logged
+        "metrics": {
+            **(history[-1] if history else {}),
+            **{k: _plain(v) for k, v in trainer.callback_metrics.items()},
+        },
+        "validation_history": history,
     }
     out = run_dir(trainer) / "final_metrics.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2))
     return out
+
+
+class LastCheckpoint(Checkpoint):
+    """`last.ckpt`: the whole training state at the moment it is written: at every epoch's end (after its
+    validation), after a validation within an epoch, every `every_n_train_steps` steps, at the step that reaches
+    `max_steps` and when training ends (SaveOnInterrupt writes it on Ctrl-C or SIGTERM). The best checkpoints are
+    ModelCheckpoint's, apart.
+
+    When training ends, a save of its last step is kept as it is: Lightning resumes exactly from a save at a
+    batch's end or a validation's end, while from the end of training it would skip the rest of an epoch that
+    `max_steps` stopped, or, at an epoch's end, count one epoch more.
+    A Checkpoint runs after the other callbacks (Lightning moves them last), so ModelCheckpoint's best score of this
+    validation is in the file.
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_train_steps: int | None = None) -> None:
+        self.dirpath = Path(dirpath)
+        self.every_n_train_steps = every_n_train_steps or 0
+        self.saved_step = -1
+        """The global step of the last save (-1: none yet)."""
+        self._epoch_end = False
+
+    @property
+    def path(self) -> Path:
+        return self.dirpath / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+
+    def save(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)
+        self.saved_step = trainer.global_step
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if step == self.saved_step or step == 0:
+            return
+        due = self.every_n_train_steps > 0 and step % self.every_n_train_steps == 0
+        if due or 0 < trainer.max_steps <= step:
+            self.save(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # at an epoch's end ModelCheckpoint keeps the best file in on_train_epoch_end: saved there, after it
+        last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and not last_batch:
+            self.save(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.fit_loop.epoch_loop.batch_progress.current.ready < trainer.num_training_batches:
+            return  # stopped inside the epoch (max_steps, a stop request): the save of its last step holds
+        self._epoch_end = True
+        try:
+            self.save(trainer)
+        finally:
+            self._epoch_end = False
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Lightning resumes an epoch's end as from the end of its validation, where the count of batches that
+        # stepped (the loggers' step) has not yet taken the epoch's last batch, and adds it then: so must the file
+        if self._epoch_end:
+            loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
+            if "_batches_that_stepped" in loop:
+                loop["_batches_that_stepped"] -= 1
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step != self.saved_step:
+            self.save(trainer)
+
+
+class RunRecord(L.Callback):
+    """The checkpoint of another run this run started from: `parent.json` in the run folder when fit starts, and
+    `parent` in final_metrics.json. Carried in the checkpoints, so a later resume of this run keeps it."""
+
+    def __init__(self, parent: dict[str, Any] | None = None) -> None:
+        self.parent = parent
+        self._new = parent is not None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"parent": self.parent}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not self._new:  # the run itself continues: its own parent, if any
+            self.parent = state_dict.get("parent")
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._new and trainer.is_global_zero:
+            out = run_dir(trainer) / "parent.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(self.parent, indent=2))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -156,12 +256,13 @@ class SaveOnInterrupt(L.Callback):
         if not graceful and (trainer.world_size > 1 or updating_weights(trainer)):
             log.warning("interrupted during the weight update or on several ranks: no checkpoint written now")
             return
-        ckpt = trainer.checkpoint_callback
-        folder = Path(ckpt.dirpath) if isinstance(ckpt, ModelCheckpoint) and ckpt.dirpath else None
-        folder = folder or Path(trainer.default_root_dir) / "checkpoints"
-        path = folder / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
-        trainer.save_checkpoint(path, weights_only=False)
-        self.saved = path
+        last = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
+        if last is None:
+            ckpt = trainer.checkpoint_callback
+            folder = Path(ckpt.dirpath) if isinstance(ckpt, ModelCheckpoint) and ckpt.dirpath else None
+            last = LastCheckpoint(folder or Path(trainer.default_root_dir) / "checkpoints")
+        last.save(trainer)
+        self.saved = last.path
 
 
 class StopRequest:

@@ -18,14 +18,17 @@ from sam2train.config import Config, config_from_dict, to_dict
 from sam2train.losses import LossOutput, build_loss
 from sam2train.metrics import video_jf
 from sam2train.model.checkpoints import CONFIG_KEY
+from sam2train.train.gpu import use_fused_optimizer
 from sam2train.train.optim import (
     build_optimizer,
     build_scheduler,
     needs_steps_per_epoch,
+    param_groups,
     trainer_steps_per_epoch,
 )
 from sam2train.train.resume import restore_resume_state, save_resume_state
 from sam2train.train.validation import ValidationScores
+from sam2train.train.versions import check_format, check_optimizer_groups, stamp_checkpoint
 
 if TYPE_CHECKING:
     from sam2train.model.video import VideoOutput
@@ -78,6 +81,11 @@ class SAM2LightningModule(L.LightningModule):
 
             if not image_encoder_compiled(self.model):
                 compile_image_encoder(self.model, device=self.trainer.strategy.root_device)
+        if self.config.model.compile_memory_attention and self.trainer is not None:
+            from sam2train.model.memory_saving import compile_memory_attention, memory_attention_compiled
+
+            if not memory_attention_compiled(self.model):
+                compile_memory_attention(self.model, device=self.trainer.strategy.root_device)
         if self.trainer is not None and self.trainer.is_global_zero and not self._reported:
             self._reported = True
             total = sum(t for t, _ in self.param_report.values())
@@ -89,13 +97,20 @@ class SAM2LightningModule(L.LightningModule):
         # weights come from the checkpoint itself: build the network without reading model.checkpoint
         if self.model is None:
             self.build(load_weights=False)
-        restore_resume_state(
-            checkpoint, fitting=self._trainer is not None and self._trainer.state.fn == "fit"
-        )
+        fitting = self._trainer is not None and self._trainer.state.fn == "fit"
+        source = f"--ckpt {self._trainer.ckpt_path}" if self._trainer is not None else "checkpoint"
+        check_format(checkpoint, source)
+        if fitting:  # before Lightning restores the optimizer, which fails with a stack trace or not at all
+            check_optimizer_groups(checkpoint, param_groups(self.model, self.config.optimizer), source)
+        resumed = restore_resume_state(checkpoint, fitting=fitting)
+        if resumed is not None and fitting:  # the summary and final metrics cover the whole run
+            self.val_history = list(resumed.get("val_history", []))
+            self.best_score = resumed.get("best_score")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CONFIG_KEY] = to_dict(self.config)
-        save_resume_state(checkpoint)
+        save_resume_state(checkpoint, self.val_history, self.best_score)
+        stamp_checkpoint(checkpoint)
 
     # ---- forward -> loss -> log ----------------------------------------------------------------------------
     def forward(
@@ -227,7 +242,9 @@ class SAM2LightningModule(L.LightningModule):
         decay on biases and norms) and the warmup + cosine/step schedule of `optim.build_scheduler`."""
         assert self.model is not None, "call setup() or build() first"
         sch_cfg = self.config.scheduler
-        optimizer = build_optimizer(self.model, self.config.optimizer)
+        device = next((p.device.type for p in self.model.parameters() if p.requires_grad), "cpu")
+        fused = use_fused_optimizer(self.config, device)  # optimizer.fused: null = on CUDA
+        optimizer = build_optimizer(self.model, self.config.optimizer, fused=fused)
         # the trainer's epoch length is read only when epoch lengths must become steps (it may load data)
         steps_per_epoch = trainer_steps_per_epoch(self.trainer) if needs_steps_per_epoch(sch_cfg) else 1
         scheduler = build_scheduler(optimizer, sch_cfg, steps_per_epoch)

@@ -122,12 +122,23 @@ def format_param_groups(groups: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """AdamW or Adam (with `cfg.betas`) over `param_groups(model, cfg)`; logs the groups at info level."""
+def build_optimizer(model: nn.Module, cfg: OptimizerConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """AdamW or Adam (with `cfg.betas`) over `param_groups(model, cfg)`, fused when `fused` (`gpu.use_fused_optimizer`
+    decides; torch refusing it is a ConfigError naming `optimizer.fused`); logs the groups at info level."""
+    from sam2train.train.gpu import fused_refused
+
     groups = param_groups(model, cfg)
     log.info("optimizer %s, %d parameter groups:\n%s", cfg.type, len(groups), format_param_groups(groups))
     cls = torch.optim.AdamW if cfg.type == "AdamW" else torch.optim.Adam
-    return cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.betas[0], cfg.betas[1]))
+    extra = {"fused": True} if fused else {}
+    try:
+        return cls(
+            groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.betas[0], cfg.betas[1]), **extra
+        )
+    except RuntimeError as exc:
+        if not fused:
+            raise
+        raise fused_refused(cfg.type, groups[0]["params"][0].device.type, exc) from exc
 
 
 def schedule_per_step(cfg: SchedulerConfig) -> bool:

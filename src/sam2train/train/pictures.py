@@ -1,5 +1,6 @@
-"""Pictures of one validation video every few epochs: a PNG strip (frames / ground truth / prediction) and a GIF
-(ground truth | prediction) in `<run>/pictures/`, the PNG also sent to TensorBoard, wandb and swanlab."""
+"""Pictures of validation videos every few epochs: a PNG strip (frames / ground truth / prediction) and a GIF
+(ground truth | prediction) in `<run>/pictures/`, the PNG also sent to TensorBoard, wandb and swanlab. One video
+per drawing, the next one each time, or the videos `logging.viz_videos` names."""
 
 from __future__ import annotations
 
@@ -93,12 +94,21 @@ def video_pictures(
 
 class ValidationPictures(L.Callback):
     """Every `every_n_epochs` epochs (0: never), at the end of validation (not the sanity check), draws the first
-    clip of the first validation batch: `<run>/pictures/epoch{E:03d}_{video}.png` (rows frames / ground truth /
-    prediction, up to `num_frames_max` frames) and `.gif` (ground truth | prediction per frame); the PNG also goes
-    to TensorBoard, wandb and swanlab under `val/pictures`. Files and loggers are written on global rank 0 only.
+    clip of one validation batch, the next batch at each drawing (drawing k shows batch k modulo the validated
+    batches), or of every batch whose video `videos` names (its first window):
+    `<run>/pictures/epoch{E:03d}_{video}.png` (rows frames / ground truth / prediction, up to `num_frames_max`
+    frames) and `.gif` (ground truth | prediction per frame); the PNG also goes to TensorBoard, wandb and swanlab
+    under `val/pictures`. Files and loggers are written on global rank 0 only.
     """
 
-    def __init__(self, every_n_epochs: int, num_frames_max: int = 8, tile: int = 256, fps: float = 4) -> None:
+    def __init__(
+        self,
+        every_n_epochs: int,
+        num_frames_max: int = 8,
+        tile: int = 256,
+        fps: float = 4,
+        videos: list[str] | None = None,
+    ) -> None:
         if every_n_epochs < 0 or num_frames_max < 1:
             raise ValueError(
                 f"every_n_epochs must be >= 0 and num_frames_max >= 1, got {every_n_epochs}, {num_frames_max}"
@@ -107,7 +117,9 @@ class ValidationPictures(L.Callback):
         self.num_frames_max = num_frames_max
         self.tile = tile
         self.fps = fps
-        self._clip: VideoBatch | None = None
+        self.videos = list(videos) if videos else None
+        self._clips: list[VideoBatch] = []
+        self._warned = False
 
     def _due(self, trainer: L.Trainer) -> bool:
         return (
@@ -116,8 +128,16 @@ class ValidationPictures(L.Callback):
             and (trainer.current_epoch + 1) % self.every_n_epochs == 0
         )
 
+    def _wanted(self, trainer: L.Trainer, batch: VideoBatch, batch_idx: int) -> bool:
+        if self.videos is not None:
+            name = batch.video_names[0]
+            return name in self.videos and name not in [c.video_names[0] for c in self._clips]
+        batches = trainer.num_val_batches[0] if trainer.num_val_batches else 0
+        drawing = trainer.current_epoch // self.every_n_epochs  # the same after a resume
+        return batches > 0 and batch_idx == drawing % int(batches)
+
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._clip = None
+        self._clips = []
 
     def on_validation_batch_end(
         self,
@@ -128,13 +148,20 @@ class ValidationPictures(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if batch_idx == 0 and dataloader_idx == 0 and self._due(trainer):
-            self._clip = first_clip(batch)
+        if dataloader_idx == 0 and self._due(trainer) and self._wanted(trainer, batch, batch_idx):
+            self._clips.append(first_clip(batch))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        clip, self._clip = self._clip, None
-        if clip is None or not self._due(trainer):
+        clips, self._clips = self._clips, []
+        if not self._due(trainer):
             return
+        if self.videos is not None and not clips and not self._warned and trainer.is_global_zero:
+            self._warned = True
+            rank_zero_warn(f"logging.viz_videos: no validated video is named {', '.join(self.videos)}")
+        for clip in clips:
+            self._draw(trainer, pl_module, clip)
+
+    def _draw(self, trainer: L.Trainer, pl_module: L.LightningModule, clip: VideoBatch) -> None:
         # every rank predicts (sharded strategies gather parameters collectively), rank 0 draws and writes
         logits = self._predict(trainer, pl_module, clip)
         if not trainer.is_global_zero:

@@ -6,21 +6,33 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar, TQDMProgressBar
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy
 from lightning.pytorch.utilities import rank_zero_warn
 
 from sam2train.config import Config
 from sam2train.errors import ConfigError
-from sam2train.train.callbacks import AtomicCheckpointIO, CurvesAtEnd, SaveConfig, SaveOnInterrupt
+from sam2train.train.callbacks import (
+    AtomicCheckpointIO,
+    CurvesAtEnd,
+    LastCheckpoint,
+    RunRecord,
+    SaveConfig,
+    SaveOnInterrupt,
+)
+from sam2train.train.gpu import apply_matmul_precision, cudnn_benchmark
 from sam2train.train.guards import NonFiniteGuard
 from sam2train.train.pictures import ValidationPictures
+from sam2train.train.resume import ResumePlan
+from sam2train.train.run_log import LogInterval, ResumableCSVLogger, RunRichProgressBar, RunTQDMProgressBar
+from sam2train.train.validation import MonitorCheck
 
 _VERSION_ENV = "SAM2TRAIN_RUN_VERSION"
 
@@ -67,19 +79,23 @@ def _require(package: str, kind: str) -> None:
         )
 
 
-def make_loggers(cfg: Config, version: str) -> list[Logger]:
+def make_loggers(cfg: Config, version: str, resume_step: int | None = None) -> list[Logger]:
     """The loggers of `logging.loggers`, all writing into the run folder <root_dir>/<name>/<version>.
-    `logging.offline` runs wandb offline (synced later with `wandb sync`) and swanlab in its offline mode
-    (`swanlab sync`); nothing is sent over the network then."""
+    `resume_step`: the run continues in its folder from a checkpoint of that global step; the TensorBoard and CSV
+    logs keep what was logged before it and append. `logging.offline` runs wandb offline (synced later with
+    `wandb sync`) and swanlab in its offline mode (`swanlab sync`); nothing is sent over the network then."""
     log_cfg = cfg.logging
     root, name = log_cfg.root_dir, log_cfg.name
     folder = Path(root) / name / version
     loggers: list[Logger] = []
     for kind in log_cfg.loggers:
         if kind == "tensorboard":
-            loggers.append(TensorBoardLogger(root, name=name, version=version, default_hp_metric=False))
+            purge = {} if resume_step is None else {"purge_step": resume_step}
+            loggers.append(
+                TensorBoardLogger(root, name=name, version=version, default_hp_metric=False, **purge)
+            )
         elif kind == "csv":
-            loggers.append(CSVLogger(root, name=name, version=version))
+            loggers.append(ResumableCSVLogger(root, name=name, version=version, resume_step=resume_step))
         elif kind == "wandb":
             _require("wandb", kind)
             from lightning.pytorch.loggers import WandbLogger
@@ -123,7 +139,8 @@ def resolve_strategy(cfg: Config) -> str | Strategy:
         return fsdp_strategy()
     if name != "ddp":
         return name
-    needed = not set(cfg.model.trainable_modules) <= _ALWAYS_USED or cfg.data.clip_length < 2
+    one_frame = cfg.data.clip_length < 2 or cfg.data.image_clip == "single"  # images as one-frame clips
+    needed = not set(cfg.model.trainable_modules) <= _ALWAYS_USED or one_frame
     return DDPStrategy(find_unused_parameters=needed)
 
 
@@ -242,10 +259,13 @@ class FSDPShardReport(L.Callback):
             )
 
 
-def make_callbacks(cfg: Config, folder: Path, fsdp: bool = False) -> list[L.Callback]:
-    """Best and last checkpoints in `folder`/checkpoints (config beside them), curves at the end, a checkpoint on
-    interrupt, validation pictures, early stopping, the progress bar; under FSDP its clipping and shard report; and
-    the non-finite step guard."""
+def make_callbacks(
+    cfg: Config, folder: Path, fsdp: bool = False, resume: ResumePlan | None = None
+) -> list[L.Callback]:
+    """Best checkpoints and `last.ckpt` (always the latest state) in `folder`/checkpoints, config beside them, the
+    run's parent (`resume` from another run's checkpoint), curves at the end, a checkpoint on interrupt, the monitor
+    check, validation pictures, early stopping, the progress bar and log interval; under FSDP its clipping and shard
+    report; and the non-finite step guard."""
     ck = cfg.checkpoint
     has_val = cfg.data.val_path is not None
     checkpoint = ModelCheckpoint(
@@ -255,10 +275,18 @@ def make_callbacks(cfg: Config, folder: Path, fsdp: bool = False) -> list[L.Call
         monitor=ck.monitor if has_val else None,  # without validation: keep the latest
         mode=ck.mode,
         save_top_k=ck.save_top_k if has_val else 1,
-        save_last=ck.save_last,
+        save_last=False,  # LastCheckpoint: Lightning's rewrites last.ckpt only with a new best file
         every_n_train_steps=ck.every_n_train_steps,
     )
-    cbs: list[L.Callback] = [checkpoint, SaveConfig(cfg), CurvesAtEnd(), SaveOnInterrupt()]
+    cbs: list[L.Callback] = [checkpoint]
+    if ck.save_last:
+        cbs.append(LastCheckpoint(folder / "checkpoints", ck.every_n_train_steps))
+    cbs += [SaveConfig(cfg), RunRecord(resume.parent if resume else None), CurvesAtEnd(), SaveOnInterrupt()]
+    if has_val:
+        monitors = {"checkpoint.monitor": ck.monitor}
+        if cfg.early_stopping.enabled:
+            monitors["early_stopping.monitor"] = cfg.early_stopping.monitor
+        cbs.append(MonitorCheck(monitors))
     if fsdp:
         cbs.append(FSDPShardReport())
         if cfg.trainer.gradient_clip_val is not None:
@@ -270,33 +298,56 @@ def make_callbacks(cfg: Config, folder: Path, fsdp: bool = False) -> list[L.Call
                 "(validation metrics are logged as usual); set logging.viz_every_n_epochs=0 to silence this"
             )
         else:
-            cbs.append(ValidationPictures(cfg.logging.viz_every_n_epochs))
+            cbs.append(ValidationPictures(cfg.logging.viz_every_n_epochs, videos=cfg.logging.viz_videos))
     if cfg.early_stopping.enabled and has_val:
         es = cfg.early_stopping
         cbs.append(
             EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta)
         )
     if cfg.logging.progress_bar == "rich":
-        cbs.append(RichProgressBar())
+        cbs.append(RunRichProgressBar())
     elif cfg.logging.progress_bar == "tqdm":
-        cbs.append(TQDMProgressBar())
+        cbs.append(RunTQDMProgressBar())
+    cbs.append(LogInterval())
     # last of the hooks before the optimizer step: it judges the gradients after FSDPGradientClipping
     cbs.append(NonFiniteGuard(cfg.trainer.max_bad_steps))
     return cbs
 
 
-def make_trainer(cfg: Config, callbacks: list[L.Callback] | None = None) -> L.Trainer:
+def _quiet_expected_warnings(resume: ResumePlan | None) -> None:
+    """Lightning's warnings that say what sam2train does on purpose: a short run's log interval (LogInterval
+    lowers it), a monitor not logged yet, a resumed run's non-empty checkpoint folder, and the best-score state
+    that a new version (or `validate`) does not take over from the checkpoint's folder."""
+    warnings.filterwarnings(
+        "ignore", message=r"The number of training batches \(\d+\) is smaller than the logging"
+    )
+    # MonitorCheck has made sure at setup that the monitor is logged by validation; a step before the first (or
+    # after the last) validation of a run stopped by max_steps mid-epoch has none yet
+    warnings.filterwarnings("ignore", message=r"`ModelCheckpoint\(monitor=.*could not find the monitored key")
+    warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
+    if resume is not None:
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+
+
+def make_trainer(
+    cfg: Config, callbacks: list[L.Callback] | None = None, resume: ResumePlan | None = None
+) -> L.Trainer:
     """A Trainer for `cfg`: TensorBoard + CSV logs in one run folder, best and last checkpoints (with the config
     inside and beside them), optional early stopping, the configured precision, clipping and accumulation, on
     `trainer.devices` x `trainer.num_nodes` processes (Lightning detects torchrun and SLURM launches).
-    Checkpoint files are written atomically, and Ctrl-C or SIGTERM during fit saves a resumable `last.ckpt`."""
+    Checkpoint files are written atomically, and Ctrl-C or SIGTERM during fit saves a resumable `last.ckpt`.
+    `resume` (`plan_resume`): the fit continues from a checkpoint, in its run's folder (`logging.version` is that
+    folder: the logs append) or, from another run's checkpoint, in a new version that records it."""
     t = cfg.trainer
     version = run_version(cfg)
-    loggers = make_loggers(cfg, version)
+    _quiet_expected_warnings(resume)
+    same_run = resume is not None and resume.version is not None
+    loggers = make_loggers(cfg, version, resume.global_step if same_run and resume else None)
     folder = Path(cfg.logging.root_dir) / cfg.logging.name / version
     strategy = resolve_strategy(cfg)
     fsdp = isinstance(strategy, FSDPStrategy)
     kwargs = {}
+    apply_matmul_precision(cfg)  # trainer.matmul_precision (null: high on CUDA)
     for key in ("limit_train_batches", "limit_val_batches"):
         if getattr(t, key) is not None:
             kwargs[key] = getattr(t, key)
@@ -314,8 +365,9 @@ def make_trainer(cfg: Config, callbacks: list[L.Callback] | None = None) -> L.Tr
         val_check_interval=t.val_check_interval,
         num_sanity_val_steps=t.num_sanity_val_steps,
         deterministic=t.deterministic,
+        benchmark=cudnn_benchmark(cfg),
         logger=loggers or False,
-        callbacks=[*make_callbacks(cfg, folder, fsdp), *(callbacks or [])],
+        callbacks=[*make_callbacks(cfg, folder, fsdp, resume), *(callbacks or [])],
         default_root_dir=str(folder),
         enable_progress_bar=cfg.logging.progress_bar != "none",
         use_distributed_sampler=False,  # EpochSampler shards across ranks itself

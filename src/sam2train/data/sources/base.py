@@ -93,6 +93,8 @@ class VideoSource(ABC):
     path: Path
     videos: list[VideoInfo]
     checked: list[VideoCheck]
+    still_images = False
+    """True for image datasets: each `VideoInfo` is one annotated image, made into a clip by `data.image_clip`."""
 
     @abstractmethod
     def load_image(self, video: VideoInfo, pos: int) -> np.ndarray:

@@ -13,6 +13,7 @@ Conventions shared by all readers:
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +43,10 @@ from sam2train.errors import DataError
 
 MAX_IDS_PER_MASK = 100
 """More distinct ids than this in one label PNG: its values are not ids (an anti-aliased or JPEG-saved mask)."""
+IMAGES_DIR, MASKS_DIR = "JPEGImages", "Annotations"
+"""The folder names read by default; `images` / `masks` are read instead when only they exist."""
+_DETECTED = {IMAGES_DIR: "images", MASKS_DIR: "masks"}
+log = logging.getLogger("sam2train")
 _RESOLUTION = re.compile(r"^(\d+p|Full-Resolution)$", re.IGNORECASE)
 _PREFERRED_RESOLUTION = "480p"
 _Masks = dict[str, list[tuple[int | None, Path]]]
@@ -72,6 +77,21 @@ def pick_resolution(images: Path, wanted: str | None) -> str | None:
     if _PREFERRED_RESOLUTION in names:
         return _PREFERRED_RESOLUTION
     raise DataError(f"{images}: several resolution subfolders {names}; pass resolution= to pick one")
+
+
+def layout_dirs(root: Path, images_dir: str | None, masks_dir: str | None) -> tuple[str, str, str]:
+    """(images folder, masks folder, the info line when a name was detected, else ''). A name not given is the
+    default (`JPEGImages`, `Annotations`), or `images` / `masks` when that exists and the default does not."""
+    found, said = [], []
+    for given, default in ((images_dir, IMAGES_DIR), (masks_dir, MASKS_DIR)):
+        other = _DETECTED[default]
+        if given is None and not (root / default).is_dir() and (root / other).is_dir():
+            found.append(other)
+            said.append(f"'{other}' for {default}")
+        else:
+            found.append(given or default)
+    detected = f"reading {' and '.join(said)} (data.images_dir / data.masks_dir name them)" if said else ""
+    return found[0], found[1], detected
 
 
 def _list_images(folder: Path, video: str, sink: ProblemSink) -> list[Path]:
@@ -134,16 +154,32 @@ class DavisSource(ImageFileSource):
         videos: Sequence[str] | None = None,
         resolution: str | None = None,
         sink: ProblemSink = LOADING,
+        images_dir: str | None = None,
+        masks_dir: str | None = None,
     ):
-        self._open_root(root, resolution, sink)
+        """`images_dir` / `masks_dir`: the two folder names (`data.images_dir` / `data.masks_dir`); None reads
+        `JPEGImages` / `Annotations`, or `images` / `masks` when only those exist (said in `detected`)."""
+        self._open_root(root, resolution, sink, images_dir, masks_dir)
         names = sorted({d.name for d in subdirs(self.image_root)} | {d.name for d in subdirs(self.mask_root)})
         found = self._scan_videos(select_videos(names, videos, self.path), sink)
         self.videos = finish(found, self.skipped, self.path, sink)
 
-    def _open_root(self, root: str | Path, resolution: str | None, sink: ProblemSink) -> None:
-        """Check the two folders, pick the resolution level, and start empty listings."""
+    def _open_root(
+        self,
+        root: str | Path,
+        resolution: str | None,
+        sink: ProblemSink,
+        images_dir: str | None = None,
+        masks_dir: str | None = None,
+    ) -> None:
+        """Check the two folders (named, or found, see `layout_dirs`), pick the resolution level, and start
+        empty listings."""
         self.path = Path(root)
-        images, annotations = self.path / "JPEGImages", self.path / "Annotations"
+        images_dir, masks_dir, self.detected = layout_dirs(self.path, images_dir, masks_dir)
+        if self.detected and not sink.record:
+            log.info("%s: %s", self.path, self.detected)
+        images, annotations = self.path / images_dir, self.path / masks_dir
+        self.layout = type(self).layout.replace(IMAGES_DIR, images_dir).replace(MASKS_DIR, masks_dir)
         for folder in (images, annotations):
             if not folder.is_dir():
                 message = f"dataset folder not found ({self.layout})"
