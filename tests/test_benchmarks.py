@@ -101,3 +101,22 @@ def test_scaling_writes_json_and_png(tmp_path: Path) -> None:
         # the lean side tracks the two objects one at a time from the same weights: the same loss but for the
         # dropout draws (exact equality without dropout is tests/test_object_chunk.py's)
         assert point["lean"]["loss"][0] == pytest.approx(point["ours"]["loss"][0], rel=1e-2)
+
+
+def test_scaling_isolated_runs_each_side_alone_and_reports_out_of_memory(tmp_path: Path) -> None:
+    scaling = _script("scaling")
+    base = [*TINY, "--isolate", "--points=2x2", "--variants=ours", f"--out-dir={tmp_path}"]
+    result = scaling.main([*base, "--tag=_iso"])
+    assert result["isolated"] is True and result["sides"] == ["ours", "meta"]
+    assert result["trainable_params"] > 0
+    (point,) = result["points"]
+    assert (point["frames"], point["objects"]) == (2, 2)
+    for side in ("ours", "meta"):
+        figures = point[side]
+        assert 0 < figures["step_s"]["median"] and figures["memory"]["peak_mb"] > 100
+    assert "out of memory" not in scaling.format_table(result)
+    # a budget below what building the model takes: both sides reported out of memory, the sweep goes on
+    starved = scaling.main([*base, "--tag=_oom", "--memory-budget-gb=0.05"])
+    assert all(starved["points"][0][side]["out_of_memory"] for side in ("ours", "meta"))
+    assert scaling.format_table(starved).count("out of memory (budget 0.05 GB)") == 2
+    assert (tmp_path / "scaling_cpu_oom.png").is_file()
