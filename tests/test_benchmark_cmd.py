@@ -65,6 +65,17 @@ def test_benchmark_prints_table_and_json(demo_data: Path, tmp_path: Path, capsys
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
+def test_benchmark_table_names_the_adapters(demo_data: Path, capsys) -> None:
+    lora = ["model.adapters.type=lora", "model.adapters.r=4", "model.adapters.targets=[memory_attention]"]
+    args = _args(demo_data, "--in-process")
+    at = args.index("--steps")  # overrides go with the config's, before the options
+    args[at:at] = [*lora, "model.trainable_modules=[sam_mask_decoder]"]
+    assert main(args) == 0
+    printed = " ".join(capsys.readouterr().out.replace("│", " ").split())  # the table may wrap the cell
+    assert "trains sam_mask_decoder + lora r=4 on memory_attention" in printed
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_fit_memory_with_a_tiny_budget_says_nothing_fits(demo_data: Path, capsys) -> None:
     """1 MiB: the most frugal setting (clip length 2, one object per chunk) is tried, once, and does not fit."""
     assert main(_args(demo_data, "--in-process", "--fit-memory", "1MB", "--json")) == 0

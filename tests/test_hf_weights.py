@@ -232,6 +232,10 @@ def test_export_hf_refuses_a_model_transformers_cannot_build(tiny_sam2, tmp_path
     torch.save({"state_dict": {f"model.{k}": v for k, v in tiny_sam2.state_dict().items()}, "sam2train_config": tree}, ckpt)  # fmt: skip
     assert main(["export", "--ckpt", str(ckpt), "--format", "hf", "--out", str(tmp_path / "hf")]) == 2
     assert "not an official SAM 2 config" in capsys.readouterr().err
+    # a weights-file name for a folder format is refused before anything is read or written
+    out = tmp_path / "model.pt"
+    assert main(["export", "--ckpt", str(ckpt), "--format", "hf", "--out", str(out)]) == 2
+    assert "writes a folder" in capsys.readouterr().err and not out.exists()
 
 
 # ------------------------------------------------------------------------ a real transformers client (slow)

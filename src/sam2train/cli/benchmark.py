@@ -192,7 +192,10 @@ def _print_measurement(m, cfg, title: str) -> None:
     from rich.table import Table
 
     groups = cfg.model.trainable_modules
-    trains = "everything" if set(groups) == set(TRAINABLE_GROUPS) else ", ".join(groups)
+    trains = "everything" if set(groups) == set(TRAINABLE_GROUPS) else ", ".join(groups) or "nothing in full"
+    adapters = cfg.model.adapters
+    if adapters.type is not None:
+        trains += f" + {adapters.type} r={adapters.r} on {', '.join(adapters.targets)}"
     batches = cfg.trainer.accumulate_grad_batches
     rows = [
         ("model", f"{cfg.model.config} at {cfg.model.image_size} px, trains {trains}"),

@@ -261,6 +261,13 @@ def _export_target(out: str | Path, fmt: str) -> tuple[Path, ExportFormat]:
     if not spec.suffix:
         if out.is_file():
             raise UserError(f"--out {out}: --format {fmt} writes a folder, and this is a file")
+        weights_suffix = next(
+            (f.suffix for f in EXPORT_FORMATS.values() if f.suffix and f.suffix == out.suffix), None
+        )
+        if weights_suffix:
+            raise UserError(
+                f"--out {out}: --format {fmt} writes a folder; give a folder name, not a {weights_suffix} file"
+            )
         return out, spec
     if out.suffix != spec.suffix:
         raise UserError(f"--out {out}: expected a file name ending in {spec.suffix} (--format {fmt})")
