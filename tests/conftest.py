@@ -139,6 +139,19 @@ def tiny_sam2():
     return build_random_sam2()
 
 
+def no_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Dropout and stochastic depth off, in place: two passes that draw in a different order (chunked and
+    unchunked, ours and Meta's) then compute the same thing."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if hasattr(module, "dropout_p"):
+            module.dropout_p = 0.0
+        if hasattr(module, "drop_prob"):
+            module.drop_prob = 0.0
+    return model
+
+
 def trainable_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A deep copy of `model` in train mode with every parameter trainable."""
     model = copy.deepcopy(model).train()

@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import DEMO_CONFIG, REPO, TINY_CONFIG, build_random_sam2, fit_args
+from conftest import DEMO_CONFIG, REPO, TINY_CONFIG, build_random_sam2, fit_args, no_dropout
 from sam2train.cli import main
 from sam2train.config import AdapterConfig, Config, ModelConfig, load_config
 from sam2train.errors import CheckpointError, ConfigError
@@ -52,17 +52,8 @@ def _adapted(seed: int = 0, **kw) -> torch.nn.Module:
     return model
 
 
-def _no_dropout(model: torch.nn.Module) -> torch.nn.Module:
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-        if hasattr(m, "dropout_p"):
-            m.dropout_p = 0.0
-    return model
-
-
 def test_only_adapters_and_trainable_modules_train_and_hold_optimizer_state(make_video_batch) -> None:
-    model = _no_dropout(_adapted())
+    model = no_dropout(_adapted())
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     lora = {n for n, _ in model.named_parameters() if is_adapter_parameter(n)}
     memory_encoder = {n for n, _ in model.named_parameters() if n.startswith("memory_encoder.")}
@@ -135,7 +126,7 @@ def test_activation_checkpointing_keeps_the_adapter_gradients(make_video_batch) 
     batch = make_video_batch(kinds=[["mask", "box"]], t=2)
     grads = []
     for on in (False, True):
-        model = _no_dropout(_adapted(seed=2, activation_checkpointing=on, checkpoint_image_encoder=on))
+        model = no_dropout(_adapted(seed=2, activation_checkpointing=on, checkpoint_image_encoder=on))
         loss = build_loss(Config()).video_loss(run_video(model, batch), batch)
         loss.total.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
@@ -148,7 +139,7 @@ def test_activation_checkpointing_keeps_the_adapter_gradients(make_video_batch) 
 def test_object_chunks_give_the_adapter_gradients(make_video_batch) -> None:
     from test_object_chunk import assert_same_gradients, chunked_step, unchunked_step
 
-    model = _no_dropout(_adapted(seed=3))
+    model = no_dropout(_adapted(seed=3))
     batch = make_video_batch(kinds=[["mask", "box"]], t=2)
     cfg = Config()
     _, ref = unchunked_step(model, batch, cfg)
@@ -356,7 +347,7 @@ def capture_adapter_gradients(out: Path, devices: int) -> None:
         for name, p in module.model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.02)
-    _no_dropout(module.model)
+    no_dropout(module.model)
     loader = torch.utils.data.DataLoader(_clips(), batch_size=2 // devices, collate_fn=collate_videos)
     trainer = L.Trainer(
         accelerator="cpu",

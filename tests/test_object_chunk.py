@@ -13,7 +13,7 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import DEMO_CONFIG, TINY_CONFIG, fit_args, trainable_copy
+from conftest import DEMO_CONFIG, TINY_CONFIG, fit_args, no_dropout, trainable_copy
 from sam2train.batch import VideoBatch
 from sam2train.cli import main
 from sam2train.config import Config, PromptsConfig, load_config
@@ -35,16 +35,6 @@ META_PROMPTS = PromptsConfig(
     num_correction_points=2,  # Meta's 7, fewer for time: every step is still supervised
     correction_from_gt_prob=0.1,
 )
-
-
-def no_dropout(model: torch.nn.Module) -> torch.nn.Module:
-    """Dropout draws differ between the chunked and the unchunked pass (a different order of the same draws)."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-        if hasattr(m, "dropout_p"):
-            m.dropout_p = 0.0
-    return model
 
 
 def schedule_batch(make_video_batch) -> VideoBatch:

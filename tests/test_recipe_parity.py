@@ -14,7 +14,7 @@ import copy
 import pytest
 import torch
 
-from conftest import HIERA_T
+from conftest import HIERA_T, no_dropout
 from sam2train.batch import PROMPT_POINT, Prompts
 from sam2train.config import PromptsConfig
 from sam2train.model import corrections
@@ -46,17 +46,6 @@ def meta_get_next_point(gt_masks, pred_masks, method):
         labels.append(label)
     dev = gt_masks.device
     return torch.stack(points)[:, None].to(dev), torch.tensor(labels, dtype=torch.int32, device=dev)[:, None]
-
-
-def no_dropout(model: torch.nn.Module) -> torch.nn.Module:
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        if hasattr(module, "dropout_p"):
-            module.dropout_p = 0.0
-        if hasattr(module, "drop_prob"):
-            module.drop_prob = 0.0
-    return model
 
 
 def build_sam2train(ours: torch.nn.Module) -> torch.nn.Module:
