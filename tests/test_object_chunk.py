@@ -132,6 +132,20 @@ def test_groups_and_active_entries_are_known_before_the_pass(tiny_sam2, make_vid
         )
 
 
+def test_streamed_validation_pass_in_object_groups_equals_all_at_once(tiny_sam2, make_video_batch) -> None:
+    """`run_video(..., chunk=, object_chunk=)`, as validation runs with `model.object_chunk`: trackers of at most
+    K objects on each streamed frame's shared features, the same outputs as one tracker for all."""
+    batch = make_video_batch([["mask", "mask", "box"], ["point", "mask"]], t=4)
+    model = copy.deepcopy(tiny_sam2).eval()
+    with torch.no_grad():
+        whole = run_video(model, batch, bptt=False, chunk=2)
+        for k in (1, 2):
+            part = run_video(model, batch, bptt=False, chunk=2, object_chunk=k)
+            assert torch.equal(part.active, whole.active)
+            torch.testing.assert_close(part.low_res_logits, whole.low_res_logits, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(part.iou_pred, whole.iou_pred, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("loss_type", ["sam2train", "sam2"])
 @pytest.mark.parametrize("frozen_encoder", [False, True])
 def test_chunked_gradients_equal_unchunked(tiny_sam2, make_video_batch, loss_type, frozen_encoder) -> None:

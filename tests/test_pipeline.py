@@ -12,6 +12,7 @@ from PIL import Image
 
 from sam2train.batch import PROMPT_BOX, PROMPT_MASK, PROMPT_POINT, Prompts, VideoSample, collate_videos
 from sam2train.config import AugmentConfig, PromptsConfig
+from sam2train.data.frames import normalize, resize_frame, resize_masks
 from sam2train.data.prompts import make_prompts, noisy_box, sample_points, tight_box
 from sam2train.data.sampling import (
     EpochSampler,
@@ -21,7 +22,7 @@ from sam2train.data.sampling import (
     select_objects,
 )
 from sam2train.data.sources.base import FrameMasks, FrameRef, VideoInfo
-from sam2train.data.transforms import ClipAugment, normalize, resize_frame, resize_masks
+from sam2train.data.transforms import ClipAugment
 from sam2train.errors import DataError
 
 

@@ -32,13 +32,32 @@ def test_pictures_of_a_clip_without_objects(make_video_batch) -> None:
     assert sheet.shape[0] == 3 * (64 + GAP) + GAP and len(gif) == 2
 
 
-def test_fit_writes_pictures_and_a_tensorboard_image(tmp_path: Path) -> None:
+def test_fit_writes_pictures_and_a_tensorboard_image(tmp_path: Path, monkeypatch) -> None:
+    """The pictures of a fit, drawn from the validation step's own prediction: the model runs in eval mode once
+    per validation batch, never again for the pictures."""
     from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 
+    import sam2train.model.video as video
+    from sam2train.train.module import SAM2LightningModule
+
+    calls = {"eval_passes": 0, "validation_steps": 0}
+    run_video, validation_step = video.run_video, SAM2LightningModule.validation_step
+
+    def counted_run_video(model, *args, **kwargs):
+        calls["eval_passes"] += not model.training
+        return run_video(model, *args, **kwargs)
+
+    def counted_validation_step(self, *args, **kwargs):
+        calls["validation_steps"] += 1
+        return validation_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(video, "run_video", counted_run_video)
+    monkeypatch.setattr(SAM2LightningModule, "validation_step", counted_validation_step)
     data = tmp_path / "data"
     write_demo_dataset(data, videos=2, frames=3, size=(48, 64), objects=2, seed=1)
     extra = ("data.val_clip_length=3", "scheduler.warmup_steps=0", "logging.viz_every_n_epochs=1")
     assert main(fit_args(tmp_path / "runs", *extra, data=data, steps=1, version="v")) == 0
+    assert calls["validation_steps"] >= 1 and calls["eval_passes"] == calls["validation_steps"], calls
     run = tmp_path / "runs" / "demo" / "v"
     pngs = sorted((run / "pictures").glob("epoch000_*.png"))
     gifs = sorted((run / "pictures").glob("epoch000_*.gif"))

@@ -102,7 +102,37 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if available"
     )
+    _add_memory_args(p)
     p.set_defaults(run=cmd_predict)
+
+
+def _add_memory_args(p: argparse.ArgumentParser) -> None:
+    """predict's memory and speed flags: object groups, precision, offloading."""
+    p.add_argument(
+        "--object-chunk",
+        type=_positive_int,
+        metavar="K",
+        help="track K objects per SAM call, each group on the frame's shared features (same masks; memory grows "
+        "with K). Default: as many as a fixed working-memory budget allows at the model's size "
+        "(all at 256 px, 16 at 512, 4 at 1024)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: bf16 autocast on CUDA (as Meta's predictor is run), fp32 on the CPU",
+    )
+    p.add_argument(
+        "--offload",
+        action="store_true",
+        help="keep the memory bank in host memory (frames always are): less GPU memory for a little speed",
+    )
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got '{text}'")
+    return int(text)
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -163,7 +193,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     ids, prompts = model_prompts(args, source.size, model.image_size)
     start = time.time()
-    count = predict_video(model, source, ids, prompts, args.out, args.overlay)
+    count = predict_video(
+        model,
+        source,
+        ids,
+        prompts,
+        args.out,
+        args.overlay,
+        object_chunk=args.object_chunk,
+        offload=args.offload,
+        bf16=args.precision == "bf16" or (args.precision == "auto" and device == "cuda"),
+    )
     seconds = time.time() - start
     print(
         f"{source.name}: {count} frames, objects {ids}, {model.image_size} px on {device} in {seconds:.1f} s "

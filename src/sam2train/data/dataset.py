@@ -15,11 +15,12 @@ from torch.utils.data import Dataset
 
 from sam2train.batch import VideoSample
 from sam2train.config import Config, PromptsConfig
+from sam2train.data.frames import resize_frame, resize_masks, resize_nearest
 from sam2train.data.prompts import make_prompts
 from sam2train.data.pseudo_video import pseudo_video
 from sam2train.data.sampling import ClipRef, clip_positions, pick_ids, sample_generator, select_objects
 from sam2train.data.sources.base import FrameMasks, VideoInfo, VideoSource
-from sam2train.data.transforms import ClipAugment, resize_frame, resize_masks, resize_nearest
+from sam2train.data.transforms import ClipAugment
 from sam2train.errors import DataError
 
 _AUGMENT_TRIES = 3

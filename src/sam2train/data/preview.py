@@ -9,8 +9,8 @@ import numpy as np
 from sam2train.batch import PROMPT_BOX, PROMPT_NAMES, PROMPT_POINT, VideoSample
 from sam2train.config import Config
 from sam2train.data.datamodule import mix_summary, open_data
+from sam2train.data.frames import to_uint8_frames
 from sam2train.data.sampling import MixedClips
-from sam2train.data.transforms import to_uint8_frames
 
 _MAX_AREA_FRAMES = 500  # mask-area percentiles read at most this many annotated frames (evenly spread)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.ndimage import distance_transform_edt
 
 from sam2train.batch import PROMPT_BOX, PROMPT_MASK, PROMPT_POINT, Prompts
 from sam2train.config import PromptsConfig
@@ -55,6 +54,8 @@ def sample_points(
     if first == "uniform":
         coords = [_random_pixels(mask, num_pos, g)]
     else:
+        from scipy.ndimage import distance_transform_edt  # only here: predict never needs scipy
+
         dist = distance_transform_edt(np.pad(mask.numpy(), 1))[1:-1, 1:-1]
         y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
         coords = [torch.tensor([[float(x), float(y)]])]

@@ -1,8 +1,9 @@
 """`sam2train predict`: track first-frame prompts through a video with our video pass and write DAVIS palette PNGs.
 
 The pass is `VideoTracker` (the forward that training and validation use), streamed: frames are read lazily,
-encoded `chunk` at a time, tracked one by one, and written before the next chunk is read, so memory stays bounded
-whatever the video's length. Inputs are prepared as Meta's `SAM2VideoPredictor` prepares them (sam2 `utils/misc.py`): PIL
+encoded and tracked one at a time and written before the next is read, so memory is flat in the video's length;
+objects are tracked a group at a time on each frame's shared features (`--object-chunk`), so memory is bounded in
+their number too. Inputs are prepared as Meta's `SAM2VideoPredictor` prepares them (sam2 `utils/misc.py`): PIL
 bicubic squash to the model's size, /255, ImageNet norm; a mask prompt bilinear + antialias then >= 0.5; points and
 boxes scaled by S / W and S / H. Outputs are the low-res logits upsampled bilinearly to the video's size and
 thresholded at 0 after the predictor's non-overlap rule (each pixel goes to the object with the highest logit),
@@ -158,19 +159,43 @@ def open_frames(path: str | Path) -> FrameSource:
 # ------------------------------------------------------------------------------------------------ the pass
 
 
+def default_object_chunk(image_size: int, num_objects: int) -> int:
+    """How many objects one SAM call tracks when `--object-chunk` is not given: as many as fit in
+    `OBJECT_MEMORY_BUDGET` at `PER_OBJECT_BYTES_PER_PIXEL` bytes per input pixel each (all of them at 256 px, 16 at
+    512 px, 4 at 1024 px), so memory stays bounded however many objects a video has."""
+    per_object = PER_OBJECT_BYTES_PER_PIXEL * image_size * image_size
+    return max(1, min(num_objects, OBJECT_MEMORY_BUDGET // per_object))
+
+
+OBJECT_MEMORY_BUDGET = 256 * 2**20
+"""Bytes of per-object working memory (masks at the input size, the memory encoder's mask downsampling, the
+memory attention's keys) one tracking call may take by default."""
+PER_OBJECT_BYTES_PER_PIXEL = 64
+"""That working memory per object per input pixel: measured ~17 MB per object at 1024 px with hiera t (peak RSS
+over 1 and 4 objects); 64 leaves room for the larger models' wider memory attention."""
+
+
 def track_frames(
-    model: SAM2Base, source: FrameSource, prompts: Prompts, chunk: int = 8
+    model: SAM2Base,
+    source: FrameSource,
+    prompts: Prompts,
+    *,
+    object_chunk: int | None = None,
+    offload: bool = False,
 ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     """Prompt frame 0, then track frame by frame: yields (frame [H, W, 3] uint8, low-res logits [n, h, w]).
 
-    Frames are encoded `chunk` at a time and only the tracker's bounded memory is kept between chunks. Only
-    min(video length, max_obj_ptrs_in_encoder) of `num_frames` reaches SAM 2, so a video file (whose length is
-    metadata, if there at all) is read that far ahead to learn it. Call under torch.inference_mode().
+    One frame is read and encoded at a time, as SAM2VideoPredictor does, and only the trackers' bounded memory is
+    kept between frames, so memory is flat in the video's length. The objects are tracked `object_chunk` at a
+    time (default `default_object_chunk`), each group by its own tracker on the frame's shared features: the same
+    masks as all at once, with the working memory of a group. `offload` keeps the memory banks in host memory.
+    Only min(video length, max_obj_ptrs_in_encoder) of `num_frames` reaches SAM 2, so a video file (whose length
+    is metadata, if there at all) is read that far ahead to learn it. Call under torch.inference_mode().
     """
     import torch
 
     from sam2train.batch import map_fields
-    from sam2train.data.transforms import normalize, resize_frame
+    from sam2train.data.frames import normalize, resize_frame
     from sam2train.model.video import VideoTracker, encode_frames
 
     device = next(model.parameters()).device
@@ -180,35 +205,55 @@ def track_frames(
         head = list(islice(frames, cap))
         num_frames = len(head) if len(head) < cap else max(cap, source.length or cap)
         frames = chain(head, frames)
-    tracker = VideoTracker(
-        model, num_frames, bptt=False, mask_prompt_passthrough=model.use_mask_input_as_output_without_sam
-    )
+    n = prompts.kind.numel()
+    size = object_chunk or default_object_chunk(model.image_size, n)
+    groups = [slice(start, min(start + size, n)) for start in range(0, n, size)]
+    trackers = [
+        VideoTracker(
+            model,
+            num_frames,
+            bptt=False,
+            mask_prompt_passthrough=model.use_mask_input_as_output_without_sam,
+            offload=offload,
+        )
+        for _ in groups
+    ]
     prompts = map_fields(lambda x: x.to(device), prompts)
-    n, index = prompts.kind.numel(), 0
-    while batch := list(islice(frames, chunk)):
-        images = torch.stack([resize_frame(f, model.image_size) for f in batch])
-        features = encode_frames(model, normalize(images).to(device), frozen=True)
-        for j, frame in enumerate(batch):
-            at = torch.full((n,), j, dtype=torch.long)
-            out = (
-                tracker.prompt(0, features, prompts, at) if index == 0 else tracker.step(index, features, at)
-            )
-            yield frame, out.low_res_logits
-            index += 1
+    for index, frame in enumerate(frames):
+        image = normalize(resize_frame(frame, model.image_size)[None]).to(device)
+        features = encode_frames(model, image, frozen=True)
+        outs = []
+        for group, tracker in zip(groups, trackers):
+            at = torch.zeros(group.stop - group.start, dtype=torch.long)
+            if index == 0:
+                group_prompts = map_fields(lambda x, g=group: x[g], prompts)
+                outs.append(tracker.prompt(0, features, group_prompts, at).low_res_logits)
+            else:
+                outs.append(tracker.step(index, features, at).low_res_logits)
+        yield frame, torch.cat(outs)
 
 
-def label_map(model: SAM2Base, low_res: torch.Tensor, ids: list[int], size: tuple[int, int]) -> np.ndarray:
-    """Low-res logits [n, h, w] -> [H, W] uint8 object ids: bilinear to the video size, the predictor's
-    non-overlap rule (`_apply_non_overlapping_constraints`), then > 0; background 0."""
-    import numpy as np
+def label_map(low_res: torch.Tensor, ids: list[int], size: tuple[int, int], chunk: int) -> np.ndarray:
+    """Low-res logits [n, h, w] -> [H, W] uint8 object ids: bilinear to the video size, then each pixel to the
+    object with the highest logit where that logit is > 0 (SAM 2's non-overlap rule,
+    `_apply_non_overlapping_constraints`, followed by > 0), background 0. Upsampled `chunk` objects at a time with
+    a running maximum, so a 1080p frame of many objects never holds every object's full-size logits."""
+    import torch
     import torch.nn.functional as F
 
-    logits = F.interpolate(low_res[:, None].float(), size=size, mode="bilinear", align_corners=False)
-    masks = (model._apply_non_overlapping_constraints(logits)[:, 0] > 0).cpu().numpy()
-    out = np.zeros(size, dtype=np.uint8)
-    for obj_id, mask in sorted(zip(ids, masks), key=lambda p: -p[0]):  # smaller ids on top, as Meta's tools
-        out[mask] = obj_id
-    return out
+    best = index = None
+    for start in range(0, low_res.shape[0], chunk):
+        part = low_res[start : start + chunk, None].float()
+        logits = F.interpolate(part, size=size, mode="bilinear", align_corners=False)[:, 0]
+        value, which = logits.max(dim=0)
+        if best is None:
+            best, index = value, which
+        else:  # strictly greater: ties go to the earlier object, as argmax over all of them does
+            better = value > best
+            best, index = torch.where(better, value, best), torch.where(better, which + start, index)
+    assert best is not None and index is not None, "label_map of no object"
+    labels = torch.tensor(ids, dtype=torch.uint8, device=index.device)[index]
+    return labels.masked_fill_(best <= 0, 0).cpu().numpy()
 
 
 def predict_video(
@@ -218,8 +263,13 @@ def predict_video(
     prompts: Prompts,
     out_dir: Path,
     overlay: Path | None,
+    *,
+    object_chunk: int | None = None,
+    offload: bool = False,
+    bf16: bool = False,
 ) -> int:
     """Run the pass over `source`, write `<out_dir>/<name>/<frame>.png` (and the overlay); returns frame count.
+    `object_chunk` and `offload` as `track_frames`; `bf16` runs the model under bf16 autocast.
 
     A progress bar with frames/s on a terminal (none when stderr is not one); warnings for prompted objects whose
     mask has no pixel at the model's size and for a large model input on the CPU."""
@@ -233,13 +283,15 @@ def predict_video(
     seq_dir = out_dir / source.name
     shown: list[np.ndarray] = []  # overlay frames: save_gif / save_mp4 take the whole sequence
     count = 0
-    with torch.inference_mode():
-        frames = track_frames(model, source, prompts)
+    device = next(model.parameters()).device.type
+    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+        frames = track_frames(model, source, prompts, object_chunk=object_chunk, offload=offload)
+        chunk = object_chunk or default_object_chunk(model.image_size, len(ids))
         bar = tqdm(
             frames, total=source.length, desc=source.name, unit="frame", disable=None, dynamic_ncols=True
         )
         for frame, low_res in bar:
-            labels = label_map(model, low_res, ids, source.size)
+            labels = label_map(low_res, ids, source.size, chunk)
             viz.save_palette_png(seq_dir / f"{source.frame_name(count)}.png", labels)
             if overlay is not None:
                 shown.append(viz.overlay(frame, labels[None] == np.array(ids)[:, None, None], ids))

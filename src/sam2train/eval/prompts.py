@@ -170,7 +170,7 @@ def model_prompts(
     import torch
 
     from sam2train.batch import PROMPT_MASK, Prompts
-    from sam2train.data.transforms import resize_masks
+    from sam2train.data.frames import resize_masks
 
     wanted = getattr(args, "objects", None)
     if args.prompt_mask is None:

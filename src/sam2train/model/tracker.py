@@ -21,91 +21,22 @@ Choices that decide the numbers (tested against `SAM2VideoPredictor` frame by fr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from sam2train.batch import Prompts, map_fields
+from sam2train.batch import Prompts
 from sam2train.model.corrections import Clicker
 from sam2train.model.encoder import FrameFeatures
+from sam2train.model.frame_output import NO_OBJ_LOGIT, FrameOutput
 from sam2train.model.prompt_groups import group_prompts
 
 if TYPE_CHECKING:
     from sam2.modeling.sam2_base import SAM2Base
 
-NO_OBJ_LOGIT = -1024.0
-"""Logit of padded objects (and of SAM 2's masks when the object score says 'absent')."""
-
-
-@dataclass
-class FrameOutput:
-    """One frame's result for n tracked objects (h = w = image_size / 4; M multimask outputs, 3 in SAM 2).
-
-    low_res_logits:      [n, h, w] the mask SAM 2 keeps (best predicted IoU among multimask outputs)
-    multimask_logits:    [n, M, h, w] all candidates; a single-mask output is repeated M times
-    iou_pred:            [n, M] predicted IoU of each candidate (repeated likewise)
-    is_multimask:        [n] bool, whether the frame produced M distinct candidates
-    object_score_logits: [n] > 0 means the object is present
-    Every prompting step of the frame (K = 1 + correction clicks; the last step is the kept result), for the
-    official loss, which supervises them all:
-    step_multimask_logits: [n, K, M, h, w]; step_iou_pred: [n, K, M]; step_object_score_logits: [n, K];
-    step_valid: [n, K] bool (False where a merged object made fewer steps)
-    """
-
-    low_res_logits: torch.Tensor
-    multimask_logits: torch.Tensor
-    iou_pred: torch.Tensor
-    is_multimask: torch.Tensor
-    object_score_logits: torch.Tensor
-    step_multimask_logits: torch.Tensor
-    step_iou_pred: torch.Tensor
-    step_object_score_logits: torch.Tensor
-    step_valid: torch.Tensor
-
-    @staticmethod
-    def merge(parts: list[FrameOutput], order: torch.Tensor) -> FrameOutput:
-        """Concatenate per-group outputs (objects `order`, concatenated) back into object order; step axes are
-        padded to the longest."""
-        if len(parts) == 1:
-            inverse = torch.argsort(order).to(parts[0].low_res_logits.device)
-            return map_fields(lambda x: x[inverse], parts[0])
-        k = max(p.step_valid.shape[1] for p in parts)
-        parts = [p.pad_steps(k) for p in parts]
-        inverse = torch.argsort(order).to(parts[0].low_res_logits.device)
-        return map_fields(lambda *xs: torch.cat(xs)[inverse], *parts)
-
-    def pad_steps(self, k: int) -> FrameOutput:
-        """The same output with K padded to k (padding: NO_OBJ_LOGIT logits, IoU 0, step_valid False)."""
-        extra = k - self.step_valid.shape[1]
-        if extra <= 0:
-            return self
-
-        def pad(x: torch.Tensor, value: float | bool) -> torch.Tensor:
-            shape = list(x.shape)
-            shape[1] = extra
-            return torch.cat([x, x.new_full(shape, value)], dim=1)
-
-        return replace(
-            self,
-            step_multimask_logits=pad(self.step_multimask_logits, NO_OBJ_LOGIT),
-            step_iou_pred=pad(self.step_iou_pred, 0.0),
-            step_object_score_logits=pad(self.step_object_score_logits, NO_OBJ_LOGIT),
-            step_valid=pad(self.step_valid, False),
-        )
-
-    @staticmethod
-    def stack_steps(steps: list[FrameOutput]) -> FrameOutput:
-        """The last step's result with the step axes of all `steps` (single-step outputs) concatenated."""
-        last = steps[-1]
-        return replace(
-            last,
-            step_multimask_logits=torch.cat([s.step_multimask_logits for s in steps], dim=1),
-            step_iou_pred=torch.cat([s.step_iou_pred for s in steps], dim=1),
-            step_object_score_logits=torch.cat([s.step_object_score_logits for s in steps], dim=1),
-            step_valid=torch.cat([s.step_valid for s in steps], dim=1),
-        )
+__all__ = ["NO_OBJ_LOGIT", "FrameOutput", "VideoTracker"]
 
 
 @dataclass
@@ -152,6 +83,9 @@ class VideoTracker:
     (the last `num_maskmem` memories, the last `max_obj_ptrs_in_encoder` pointers), so long videos stream.
     `memory_from_low_res` encodes a prompted frame's memory from its low-res logits upsampled, as
     SAM2VideoPredictor does (default); False uses the heads' own high-res mask, as Meta's `SAM2Train` does.
+    The memories' positional encoding, the same for every frame and object, is stored once (as the predictor
+    does); `offload` keeps the memory features in host memory, moved to the device as each step attends to them
+    (the predictor's `offload_state_to_cpu`).
     """
 
     def __init__(
@@ -162,6 +96,7 @@ class VideoTracker:
         bptt: bool = True,
         mask_prompt_passthrough: bool = True,
         memory_from_low_res: bool = True,
+        offload: bool = False,
     ) -> None:
         self.model = model
         # The pointer time encoding divides by min(num_frames, max_obj_ptrs_in_encoder) - 1.
@@ -169,6 +104,8 @@ class VideoTracker:
         self.bptt = bptt
         self.mask_prompt_passthrough = mask_prompt_passthrough
         self.memory_from_low_res = memory_from_low_res
+        self.offload = offload
+        self._pos_enc: list[torch.Tensor] | None = None  # one object's memory positional encoding, per level
         self.memory: dict[str, dict[int, dict]] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
         self.num_objects = 0
         _ensure_rope_trainable(model)
@@ -372,10 +309,23 @@ class VideoTracker:
                 features = features.detach()
             if not model.training:
                 features = features.to(torch.bfloat16)  # as SAM2VideoPredictor stores memory
+            if self.offload:
+                features = features.to("cpu", non_blocking=True)
+            pos_enc = self._shared_pos_enc(pos_enc)
         if not self.bptt:
             obj_ptr = obj_ptr.detach()
         entry = {"maskmem_features": features, "maskmem_pos_enc": pos_enc, "obj_ptr": obj_ptr}
         self.memory[key][frame_idx] = entry
+
+    def _shared_pos_enc(self, pos_enc: list[torch.Tensor]) -> list[torch.Tensor]:
+        """`pos_enc` (per level [n, C, h, w], a sine encoding of the shape alone, never trained) as views of one
+        stored copy for a single object, instead of a new copy per frame and object."""
+        stored = self._pos_enc
+        if stored is None or [(x.shape[1:], x.dtype) for x in stored] != [
+            (x.shape[1:], x.dtype) for x in pos_enc
+        ]:
+            stored = self._pos_enc = [x[:1].clone() for x in pos_enc]
+        return [x.expand(p.shape[0], -1, -1, -1) for x, p in zip(stored, pos_enc)]
 
     def _forget(self, frame_idx: int) -> None:
         """Drop non-prompted memories that frames after `frame_idx` can no longer attend to."""

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from sam2train.batch import PROMPT_BOX, PROMPT_NONE, PROMPT_POINT, Prompts, VideoBatch, map_fields
-from sam2train.data.transforms import normalize
+from sam2train.data.frames import normalize
 from sam2train.model.corrections import Clicker, prompts_from_ground_truth
 from sam2train.model.encoder import FrameFeatures, encode_frames
 from sam2train.model.feature_cache import frame_keys
@@ -231,9 +231,11 @@ def active_entries(batch: VideoBatch) -> torch.Tensor:
     return tracked[:, None] & (torch.arange(t)[None, :, None] >= starts[:, None])
 
 
-def _plan(model: SAM2Base, batch: VideoBatch, corrections: bool) -> _VideoPlan:
+def _plan(
+    model: SAM2Base, batch: VideoBatch, corrections: bool, object_chunk: int | None = None
+) -> _VideoPlan:
     """The tracked objects of `batch`, their schedules (correction clicks only when `corrections`) and their
-    grouping into trackers."""
+    grouping into trackers, each of at most `object_chunk` objects."""
     t = batch.shape[1]
     dev = batch.images.device
     tracked = tracked_objects(batch).cpu()
@@ -247,7 +249,12 @@ def _plan(model: SAM2Base, batch: VideoBatch, corrections: bool) -> _VideoPlan:
     by_key: dict[tuple, list[int]] = {}
     for i, length in enumerate(lengths):
         by_key.setdefault((schedules[i], min(length, cap)), []).append(i)
-    groups = [torch.tensor(members, dtype=torch.long) for members in by_key.values()]
+    size = object_chunk or max(len(obj_b), 1)
+    keys, groups = [], []
+    for key, members in by_key.items():
+        for start in range(0, len(members), size):
+            keys.append(key)
+            groups.append(torch.tensor(members[start : start + size], dtype=torch.long))
     return _VideoPlan(
         tracked=tracked,
         obj_b=obj_b,
@@ -255,7 +262,7 @@ def _plan(model: SAM2Base, batch: VideoBatch, corrections: bool) -> _VideoPlan:
         prompts=prompts,
         kinds=kinds,
         groups=groups,
-        schedules=[key[0] for key in by_key],
+        schedules=[key[0] for key in keys],
         lengths=[max(lengths[i] for i in idx.tolist()) for idx in groups],
     )
 
@@ -309,6 +316,7 @@ def run_video(
     memory_from_low_res: bool = True,
     encoder: CachedEncoder | None = None,
     features: FrameFeatures | None = None,
+    object_chunk: int | None = None,
 ) -> VideoOutput:
     """Track every prompted object of `batch` through the clip, all objects of the batch on one object axis.
     In eval mode under no_grad, with first-frame prompts, this matches SAM2VideoPredictor frame by frame.
@@ -327,10 +335,13 @@ def run_video(
 
     `features` (`encode_clip` of a batch with the same clips) replaces the encoder pass: a batch narrowed to a
     group of objects (`model/object_chunks.py`) then gets the results of those objects in the pass over all.
+
+    `object_chunk` caps the objects of one tracker (one SAM call): with `chunk` (streaming, as validation runs)
+    the groups share each encoded frame, so memory is bounded in the number of objects at no encoder cost.
     """
     b, t = batch.shape[:2]
     frames = _ChunkedFrames(model, batch, chunk, frozen_image_encoder, encoder, features)
-    plan = _plan(model, batch, corrections=prompts_cfg is not None)
+    plan = _plan(model, batch, corrections=prompts_cfg is not None, object_chunk=object_chunk)
     trackers = [
         VideoTracker(
             model,

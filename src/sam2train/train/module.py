@@ -55,6 +55,8 @@ class SAM2LightningModule(L.LightningModule):
         # model.cache_features: the frozen encoder's feature cache, opened at fit start
         self._cached_encoder = None
         self._val_scores = ValidationScores(self.criterion.term_names)
+        self.last_val_prediction: torch.Tensor | None = None
+        """[1, T, N, S, S] bool: clip 0 of the last validation batch, predicted (mask logits > 0)."""
         self._reported = False
 
     # ---- model ---------------------------------------------------------------------------------------------
@@ -183,10 +185,13 @@ class SAM2LightningModule(L.LightningModule):
             bptt=False,
             mask_prompt_passthrough=self.config.model.mask_prompt_passthrough,
             chunk=self.config.model.eval_chunk_frames,
+            object_chunk=self.config.model.object_chunk,
         )
         loss = self.compute_loss(out, batch)
-        jf = video_jf(out.mask_logits > 0, batch.masks > 0.5, batch.valid & out.active)
+        predicted = out.mask_logits > 0
+        jf = video_jf(predicted, batch.masks > 0.5, batch.valid & out.active)
         self._val_scores.add(loss, jf, clips=batch.shape[0])
+        self.last_val_prediction = predicted[:1]  # clip 0, for the validation pictures (no second pass)
         return loss.total
 
     def on_validation_epoch_start(self) -> None:

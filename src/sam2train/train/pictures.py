@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image, ImageDraw
 
 from sam2train.batch import VideoBatch, map_fields
-from sam2train.data.transforms import to_uint8_frames
+from sam2train.data.frames import to_uint8_frames
 from sam2train.train.callbacks import run_dir
 from sam2train.viz import overlay, save_gif, save_png, strip
 
@@ -63,7 +63,7 @@ def video_pictures(
     """The strip and GIF frames of clip 0 of `clip`.
 
     clip: a VideoBatch (images [B,T,3,S,S], masks [B,T,N,S,S], valid [B,T,N]); mask_logits [B,T,N,S,S] (an object
-    is predicted where logits > 0). Cells keep the video's aspect ratio, longest side at most `tile` pixels.
+    is predicted where logits > 0), or the bool masks themselves. Cells keep the video's aspect ratio, longest side at most `tile` pixels.
     Returns (strip [H', W', 3] uint8 with rows frames / ground truth / prediction over up to `num_frames_max`
     evenly spaced frames, GIF frames [h, w', 3] uint8 of ground truth | prediction, one per frame of the clip).
     Padded objects are left out; a clip without objects gives plain frames.
@@ -98,7 +98,9 @@ class ValidationPictures(L.Callback):
     batches), or of every batch whose video `videos` names (its first window):
     `<run>/pictures/epoch{E:03d}_{video}.png` (rows frames / ground truth / prediction, up to `num_frames_max`
     frames) and `.gif` (ground truth | prediction per frame); the PNG also goes to TensorBoard, wandb and swanlab
-    under `val/pictures`. Files and loggers are written on global rank 0 only.
+    under `val/pictures`. Files and loggers are written on global rank 0 only, from the clips it validated. The
+    prediction drawn is the validation step's own (`last_val_prediction` of the module): no second pass over the
+    video, which would cost as much time again and, encoding the whole clip at once, several times the memory.
     """
 
     def __init__(
@@ -118,7 +120,7 @@ class ValidationPictures(L.Callback):
         self.tile = tile
         self.fps = fps
         self.videos = list(videos) if videos else None
-        self._clips: list[VideoBatch] = []
+        self._clips: list[tuple[VideoBatch, torch.Tensor]] = []  # clip 0 of a batch, its predicted masks
         self._warned = False
 
     def _due(self, trainer: L.Trainer) -> bool:
@@ -131,7 +133,7 @@ class ValidationPictures(L.Callback):
     def _wanted(self, trainer: L.Trainer, batch: VideoBatch, batch_idx: int) -> bool:
         if self.videos is not None:
             name = batch.video_names[0]
-            return name in self.videos and name not in [c.video_names[0] for c in self._clips]
+            return name in self.videos and name not in [c.video_names[0] for c, _ in self._clips]
         batches = trainer.num_val_batches[0] if trainer.num_val_batches else 0
         drawing = trainer.current_epoch // self.every_n_epochs  # the same after a resume
         return batches > 0 and batch_idx == drawing % int(batches)
@@ -149,7 +151,12 @@ class ValidationPictures(L.Callback):
         dataloader_idx: int = 0,
     ) -> None:
         if dataloader_idx == 0 and self._due(trainer) and self._wanted(trainer, batch, batch_idx):
-            self._clips.append(first_clip(batch))
+            predicted = getattr(pl_module, "last_val_prediction", None)
+            if predicted is None:
+                raise RuntimeError(
+                    "ValidationPictures needs the module's `last_val_prediction` (clip 0's masks)"
+                )
+            self._clips.append((first_clip(batch), predicted.cpu()))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         clips, self._clips = self._clips, []
@@ -158,37 +165,17 @@ class ValidationPictures(L.Callback):
         if self.videos is not None and not clips and not self._warned and trainer.is_global_zero:
             self._warned = True
             rank_zero_warn(f"logging.viz_videos: no validated video is named {', '.join(self.videos)}")
-        for clip in clips:
-            self._draw(trainer, pl_module, clip)
+        if trainer.is_global_zero:  # rank 0 draws and writes the clips it validated
+            for clip, predicted in clips:
+                self._draw(trainer, clip, predicted)
 
-    def _draw(self, trainer: L.Trainer, pl_module: L.LightningModule, clip: VideoBatch) -> None:
-        # every rank predicts (sharded strategies gather parameters collectively), rank 0 draws and writes
-        logits = self._predict(trainer, pl_module, clip)
-        if not trainer.is_global_zero:
-            return
-        sheet, gif = video_pictures(clip, logits, self.num_frames_max, self.tile)
+    def _draw(self, trainer: L.Trainer, clip: VideoBatch, predicted: torch.Tensor) -> None:
+        sheet, gif = video_pictures(clip, predicted, self.num_frames_max, self.tile)
         video = re.sub(r"[^\w.-]+", "_", clip.video_names[0]) or "video"
         stem = run_dir(trainer) / "pictures" / f"epoch{trainer.current_epoch:03d}_{video}"
         save_png(stem.with_suffix(".png"), sheet)
         save_gif(stem.with_suffix(".gif"), gif, fps=self.fps)
         self._send(trainer, sheet, caption=f"{clip.video_names[0]}, epoch {trainer.current_epoch}")
-
-    @staticmethod
-    def _predict(trainer: L.Trainer, pl_module: L.LightningModule, clip: VideoBatch) -> torch.Tensor:
-        """mask_logits [1,T,N,S,S] of the module in eval mode, without gradients; all -inf without objects."""
-        b, t, n = clip.shape
-        if n == 0 or not bool(clip.valid.any()):
-            size = clip.images.shape[-2:]
-            return torch.full((b, t, n, *size), float("-inf"))
-        precision = trainer.precision_plugin
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            with torch.no_grad(), precision.val_step_context():
-                out = pl_module(precision.convert_input(clip.to(pl_module.device)))
-        finally:
-            pl_module.train(was_training)
-        return out.mask_logits.float().cpu()
 
     @staticmethod
     def _send(trainer: L.Trainer, sheet: np.ndarray, caption: str) -> None:
