@@ -114,7 +114,7 @@ def _add_memory_args(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help="track K objects per SAM call, each group on the frame's shared features (same masks; memory grows "
         "with K). Default: as many as a fixed working-memory budget allows at the model's size "
-        "(all at 256 px, 16 at 512, 4 at 1024)",
+        "(8 at 256 px, 2 at 512, 1 at 1024: about the working memory of Meta's predictor)",
     )
     p.add_argument(
         "--precision",

@@ -161,18 +161,20 @@ def open_frames(path: str | Path) -> FrameSource:
 
 def default_object_chunk(image_size: int, num_objects: int) -> int:
     """How many objects one SAM call tracks when `--object-chunk` is not given: as many as fit in
-    `OBJECT_MEMORY_BUDGET` at `PER_OBJECT_BYTES_PER_PIXEL` bytes per input pixel each (all of them at 256 px, 16 at
-    512 px, 4 at 1024 px), so memory stays bounded however many objects a video has."""
+    `OBJECT_MEMORY_BUDGET` at `PER_OBJECT_BYTES_PER_PIXEL` bytes per input pixel each (8 at 256 px, 2 at 512 px,
+    1 at 1024 px), so the working memory stays near that of Meta's predictor, which tracks one object at a time,
+    however many objects a video has."""
     per_object = PER_OBJECT_BYTES_PER_PIXEL * image_size * image_size
     return max(1, min(num_objects, OBJECT_MEMORY_BUDGET // per_object))
 
 
-OBJECT_MEMORY_BUDGET = 256 * 2**20
+OBJECT_MEMORY_BUDGET = 64 * 2**20
 """Bytes of per-object working memory (masks at the input size, the memory encoder's mask downsampling, the
-memory attention's keys) one tracking call may take by default."""
-PER_OBJECT_BYTES_PER_PIXEL = 64
-"""That working memory per object per input pixel: measured ~17 MB per object at 1024 px with hiera t (peak RSS
-over 1 and 4 objects); 64 leaves room for the larger models' wider memory attention."""
+memory attention's keys and values) one tracking call may take by default."""
+PER_OBJECT_BYTES_PER_PIXEL = 128
+"""That working memory per object per input pixel: ~31 MB per object at 512 px with hiera t on the CPU (peak RSS
+of 16 objects in one call against groups of 4: 1.48 GB against 1.10 GB), rounded up. Groups of 1 to 4 run at
+the same speed on the CPU."""
 
 
 def track_frames(
