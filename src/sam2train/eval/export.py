@@ -42,22 +42,34 @@ log = logging.getLogger("sam2train")
 
 @contextmanager
 def _quiet_random_init() -> Iterator[None]:
-    """Silence build_model's random-initialisation warning: the weights are loaded right after."""
+    """Build a model whose every weight is loaded right after: build_model's random-initialisation warning is
+    silenced and torch.nn.init's functions do nothing, so the new parameters' memory is allocated but never
+    written (not resident) until `load_state_dict(assign=True)` replaces them. The peak of loading is then the
+    checkpoint alone, not the checkpoint plus a randomly initialised copy, and the random draws are skipped."""
+    import torch
+
     logger = logging.getLogger("sam2train.model.build")
     disabled, logger.disabled = logger.disabled, True
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(torch.nn.init, n) for n in names}
     try:
+        for name in names:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             yield
     finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
         logger.disabled = disabled
 
 
 def build_with_weights(model_cfg: ModelConfig, contents: CheckpointContents, merge: bool = True) -> SAM2Base:
     """Instantiate SAM 2 as `model_cfg` says (CPU, train mode) and load `contents` with strict keys and shapes;
     a mismatch raises CheckpointError naming the file, the keys and the official config the weights match.
-    Weights with LoRA adapters (`model.adapters`) load into an adapted model, whose adapters are then merged
-    into plain layers unless `merge` is False."""
+    The model takes `contents`' tensors as its parameters (no copy: do not reuse them). Weights with LoRA adapters
+    (`model.adapters`) are copied into an adapted model, whose adapters are then merged into plain layers unless
+    `merge` is False."""
     from sam2train.errors import CheckpointError
     from sam2train.model.adapters import adapters_for, merge_adapters
     from sam2train.model.build import build_model, infer_official_config
@@ -76,8 +88,13 @@ def build_with_weights(model_cfg: ModelConfig, contents: CheckpointContents, mer
             f"({len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, "
             f"{len(shapes)} shape mismatches {shapes[:3]}){hint}"
         )
-    model.load_state_dict(sd, strict=True)
-    return merge_adapters(tuner) if tuner is not None and merge else model
+    if tuner is not None:  # merging adds into the base weights in place: copy them, never alias `contents`
+        model.load_state_dict(sd, strict=True)
+        return merge_adapters(tuner) if merge else model
+    # the checkpoint's tensors become the parameters (no second copy), in the model's dtypes
+    sd = {k: v if v.dtype == own[k].dtype else v.to(own[k].dtype) for k, v in sd.items()}
+    model.load_state_dict(sd, strict=True, assign=True)
+    return model
 
 
 def load_for_inference(
