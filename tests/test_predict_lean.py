@@ -6,6 +6,7 @@ nothing predict does not need."""
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import subprocess
 import sys
@@ -181,9 +182,8 @@ def test_default_object_chunk_follows_the_memory_budget():
     assert default_object_chunk(512, 100) > default_object_chunk(1024, 100) == 1
 
 
-def test_memory_bank_stores_one_positional_encoding(tiny_sam2, three_objects):
-    """Every memory in the bank views one stored positional encoding (the predictor's constant), not a copy per
-    frame."""
+def _tracked(model, three_objects, **kwargs) -> tuple[list[torch.Tensor], list]:
+    """`track_frames` of the three-object clip: the logits of every frame and the trackers it used."""
     from sam2train.eval.predict import open_frames, track_frames
     from sam2train.eval.prompts import model_prompts
     from sam2train.model.tracker import VideoTracker
@@ -191,27 +191,50 @@ def test_memory_bank_stores_one_positional_encoding(tiny_sam2, three_objects):
     trackers = []
     original = VideoTracker.__init__
 
-    def spy(self, *args, **kwargs):
-        original(self, *args, **kwargs)
+    def spy(self, *args, **kw):
+        original(self, *args, **kw)
         trackers.append(self)
 
     source = open_frames(three_objects["frames"])
     flags = argparse.Namespace(prompt_mask=str(three_objects["mask"]), objects=None, points=None, box=None)
-    _, prompts = model_prompts(flags, source.size, tiny_sam2.image_size)
-    model = tiny_sam2.eval()
+    _, prompts = model_prompts(flags, source.size, model.image_size)
     try:
         VideoTracker.__init__ = spy
         with torch.inference_mode():
-            assert len(list(track_frames(model, source, prompts))) == 5
+            logits = [x.float().cpu() for _, x in track_frames(model, source, prompts, **kwargs)]
     finally:
         VideoTracker.__init__ = original
-        tiny_sam2.train()
-    bank = trackers[0].memory
-    entries = [*bank["cond_frame_outputs"].values(), *bank["non_cond_frame_outputs"].values()]
-    encodings = [e["maskmem_pos_enc"] for e in entries if e["maskmem_pos_enc"] is not None]
+    return logits, trackers
+
+
+def _bank(tracker) -> list[dict]:
+    memory = tracker.memory
+    return [*memory["cond_frame_outputs"].values(), *memory["non_cond_frame_outputs"].values()]
+
+
+def test_memory_bank_stores_one_positional_encoding(tiny_sam2, three_objects):
+    """Every memory in the bank views one stored positional encoding (the predictor's constant), not a copy per
+    frame."""
+    model = copy.deepcopy(tiny_sam2).eval()
+    logits, trackers = _tracked(model, three_objects)
+    assert len(logits) == 5 and len(trackers) == 1
+    encodings = [e["maskmem_pos_enc"] for e in _bank(trackers[0]) if e["maskmem_pos_enc"] is not None]
     assert len(encodings) >= 3
     assert len({x[-1].untyped_storage().data_ptr() for x in encodings}) == 1
     assert encodings[0][-1].shape[0] == len(OBJECTS)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_offload_keeps_the_memory_bank_in_host_memory(tiny_sam2, three_objects):
+    """On a GPU, `--offload` stores every memory's features on the CPU (the predictor's offload_state_to_cpu)
+    and tracks the same masks as keeping them on the device."""
+    model = copy.deepcopy(tiny_sam2).eval().cuda()
+    kept, on_device = _tracked(model, three_objects)
+    offloaded, on_host = _tracked(model, three_objects, offload=True)
+    features = lambda trackers: {e["maskmem_features"].device.type for t in trackers for e in _bank(t)}  # noqa: E731
+    assert features(on_device) == {"cuda"} and features(on_host) == {"cpu"}
+    for a, b in zip(kept, offloaded, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
 def _child(ckpt: Path, frames: Path, mask: Path, out: Path, *extra: str) -> dict:
