@@ -34,9 +34,7 @@ from sam2train.data.datamodule import SAM2LightningDataModule
 from sam2train.train.module import SAM2LightningModule
 from sam2train.train.trainer import make_trainer
 
-def peak_kib():  # VmHWM: ru_maxrss would start at the parent's peak (kept across fork and exec)
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+from sam2train.memory import peak_rss_bytes
 recipe, overrides = sys.argv[1], sys.argv[2:]
 cfg = load_config(recipe, overrides)
 warnings.simplefilter("ignore")
@@ -51,7 +49,7 @@ gpu = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() els
 frames = sum(ref.length for ref in datamodule.val_set.index)
 print("RESULT " + json.dumps({
     "seconds": seconds, "frames": frames, "videos": len(datamodule.val_set.index),
-    "peak_rss_gb": peak_kib() / 2**20, "gpu_max_allocated_gb": gpu,
+    "peak_rss_gb": peak_rss_bytes() / 2**30, "gpu_max_allocated_gb": gpu,
     "metrics": {k: float(v) for k, v in (results[0] if results else {}).items()},
 }))
 """

@@ -133,6 +133,21 @@ def sam2_factory() -> Callable[..., torch.nn.Module]:
 
 
 @pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Lightning-style checkpoint of the tiny random SAM 2 at 128 px (objects always present): fast predicts."""
+    from sam2train.config import load_config, to_dict
+
+    model = build_random_sam2(TINY_CONFIG, image_size=128)
+    with torch.no_grad():  # random object scores sit near 0: every tracked mask would be -1024
+        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += 5.0
+    path = tmp_path_factory.mktemp("tiny") / "last.ckpt"
+    config = to_dict(load_config(None, [f"model.config={TINY_CONFIG}", "model.image_size=128"]))
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "sam2train_config": config}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_sam2():
     """The random tiny SAM 2 (TINY_CONFIG) at 128 px, built once per session. Do not modify: use
     `fresh_tiny_sam2`."""

@@ -274,21 +274,6 @@ def test_export_errors_name_the_file(lightning_ckpt, tmp_path, capsys):
 # ------------------------------------------------------------- config from the weights, several objects (#15)
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory, sam2_factory) -> Path:
-    """A Lightning-style checkpoint of the tiny random SAM 2 at 128 px (objects always present): fast predicts."""
-    from conftest import TINY_CONFIG
-
-    model = sam2_factory(TINY_CONFIG, image_size=128)
-    with torch.no_grad():
-        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += 5.0
-    path = tmp_path_factory.mktemp("tiny") / "last.ckpt"
-    config = to_dict(load_config(None, [f"model.config={TINY_CONFIG}", "model.image_size=128"]))
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "sam2train_config": config},
-               path)  # fmt: skip
-    return path
-
-
 def test_official_config_is_read_from_the_weights(hiera_t_sam2, tiny_sam2, tmp_path, monkeypatch):
     """The weights' shapes name one official config (none for the tiny model's); several is an error naming
     them and --model-config."""

@@ -18,7 +18,6 @@ import torch
 from PIL import Image
 
 from sam2train.cli import main
-from sam2train.config import load_config, to_dict
 from sam2train.viz import save_palette_png
 
 OBJECTS = {1: (30, 60, 40, 70), 2: (0, 20, 0, 30), 3: (60, 90, 90, 120)}
@@ -26,29 +25,12 @@ OBJECTS = {1: (30, 60, 40, 70), 2: (0, 20, 0, 30), 3: (60, 90, 90, 120)}
 
 CHILD = """
 import json, sys
-def peak_kib():  # VmHWM: ru_maxrss would start at the parent's peak (kept across fork and exec)
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+from sam2train.memory import peak_rss_bytes
 from sam2train.cli import main
 code = main(sys.argv[1:])
 heavy = [m for m in ("torchvision", "scipy", "lightning", "sympy", "pandas") if m in sys.modules]
-print(json.dumps({"code": code, "peak_kib": peak_kib(), "heavy": heavy}))
+print(json.dumps({"code": code, "peak_kib": peak_rss_bytes() // 1024, "heavy": heavy}))
 """
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory, sam2_factory) -> Path:
-    """A Lightning-style checkpoint of the tiny random SAM 2 at 128 px whose objects are always present."""
-    from conftest import TINY_CONFIG
-
-    model = sam2_factory(TINY_CONFIG, image_size=128)
-    with torch.no_grad():
-        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += 5.0
-    path = tmp_path_factory.mktemp("tiny") / "last.ckpt"
-    config = to_dict(load_config(None, [f"model.config={TINY_CONFIG}", "model.image_size=128"]))
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "sam2train_config": config},
-               path)  # fmt: skip
-    return path
 
 
 def _write_video(folder: Path, frames: int, size: tuple[int, int] = (96, 128)) -> Path:

@@ -41,7 +41,7 @@ log = logging.getLogger("sam2train")
 
 
 @contextmanager
-def _quiet_random_init() -> Iterator[None]:
+def _building_for_weights() -> Iterator[None]:
     """Build a model whose every weight is loaded right after: build_model's random-initialisation warning is
     silenced and torch.nn.init's functions do nothing, so the new parameters' memory is allocated but never
     written (not resident) until `load_state_dict(assign=True)` replaces them. The peak of loading is then the
@@ -74,7 +74,7 @@ def build_with_weights(model_cfg: ModelConfig, contents: CheckpointContents, mer
     from sam2train.model.adapters import adapters_for, merge_adapters
     from sam2train.model.build import build_model, infer_official_config
 
-    with _quiet_random_init():
+    with _building_for_weights():
         model = build_model(replace(model_cfg, checkpoint=None))
     tuner = adapters_for(model, model_cfg, contents.state_dict)
     own, sd = model.state_dict(), contents.state_dict

@@ -287,8 +287,8 @@ def predict_video(
     count = 0
     device = next(model.parameters()).device.type
     with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-        frames = track_frames(model, source, prompts, object_chunk=object_chunk, offload=offload)
         chunk = object_chunk or default_object_chunk(model.image_size, len(ids))
+        frames = track_frames(model, source, prompts, object_chunk=chunk, offload=offload)
         bar = tqdm(
             frames, total=source.length, desc=source.name, unit="frame", disable=None, dynamic_ncols=True
         )

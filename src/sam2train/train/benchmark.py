@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import Checkpoint
 from sam2train import errors
 from sam2train.config import Config, ModelConfig, load_config, to_yaml
 from sam2train.errors import UserError
+from sam2train.memory import peak_rss_bytes, peak_rss_reset
 
 
 @dataclass
@@ -106,27 +107,6 @@ def benchmark_config(cfg: Config, steps: int, warmup: int, root: str | Path) -> 
     )
 
 
-def _peak_rss_reset() -> bool:
-    """Reset the process's peak RSS (Linux: VmHWM via /proc/self/clear_refs); False where that is not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_bytes() -> int:
-    """The process's peak RSS: VmHWM on Linux (since the last reset), else getrusage's ru_maxrss."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
-
-
 class StepTimer(L.Callback):
     """Times the training batches once `warmup` optimizer steps are done, counts their clips and object-frames,
     and records the peak memory of those batches."""
@@ -155,7 +135,7 @@ class StepTimer(L.Callback):
             if self._device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(self._device)
             else:
-                _peak_rss_reset()
+                peak_rss_reset()
             self.started = time.perf_counter()
         self._t0 = time.perf_counter()
 
@@ -194,7 +174,7 @@ class StepTimer(L.Callback):
             m.reserved_memory_bytes = torch.cuda.max_memory_reserved(device)
             m.peak_memory_kind = "cuda max_memory_allocated"
         else:
-            m.peak_memory_bytes = _peak_rss_bytes()
+            m.peak_memory_bytes = peak_rss_bytes()
             m.peak_memory_kind = "peak RSS"
         return m
 
